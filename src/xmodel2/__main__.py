@@ -1,0 +1,3 @@
+from xmodel2.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,73 @@
+"""The `xmodel2` command: one subcommand per stage of the recipe.
+
+Each subcommand lives in `xmodel2.commands.<module>` and exposes `HELP`, `add_arguments(parser)`
+and `run(args) -> int`; heavy imports happen inside `run` so `xmodel2 --help` stays instant.
+Any `UserError` becomes one line, `xmodel2: error: ...`, and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from xmodel2 import __version__
+from xmodel2.errors import UserError
+
+# subcommand name -> module under xmodel2.commands
+COMMANDS = {
+    "tokenizer": "tokenizer",
+    "prepare": "prepare",
+    "pretrain": "pretrain",
+    "generate": "generate",
+    "chat": "chat",
+    "eval": "evaluate",
+    "import": "import_model",
+    "export": "export",
+    "windtunnel": "windtunnel",
+    "ratio-search": "ratio_search",
+    "dedup": "dedup",
+    "bench": "bench",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="xmodel2", description="Build Xmodel-2-style μP language models end to end.")
+    parser.add_argument("--version", action="version", version=f"xmodel2 {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module_name in COMMANDS.items():
+        try:
+            module = importlib.import_module(f"xmodel2.commands.{module_name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"xmodel2.commands.{module_name}":
+                continue  # not built yet
+            raise
+        command = sub.add_parser(name, help=module.HELP, description=module.HELP,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(command)
+        command.set_defaults(handler=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if getattr(args, "handler", None) is None:
+        parser.print_help()
+        return 0 if args.command is None else 2
+    if extra and not getattr(args, "accepts_overrides", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.overrides = extra
+    try:
+        return int(args.handler(args) or 0)
+    except UserError as exc:
+        print(f"xmodel2: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("xmodel2: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

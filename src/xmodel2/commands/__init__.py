@@ -1,0 +1,1 @@
+"""One module per `xmodel2` subcommand (see `xmodel2.cli`)."""
