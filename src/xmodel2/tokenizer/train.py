@@ -1,0 +1,97 @@
+"""Train a SentencePiece Unigram tokenizer with the settings of the released Xmodel-2 vocabulary."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from xmodel2.errors import UserError
+from xmodel2.fileio import atomic_directory, atomic_write_bytes, atomic_write_json
+from xmodel2.tokenizer.chat import CHAT_TEMPLATE
+from xmodel2.tokenizer.corpus import MAX_SENTENCE_BYTES, input_files, sample, sentences
+from xmodel2.tokenizer.symbols import BOS, EOS, IM_END, IM_START, RESERVED_PIECES, UNK, USER_SYMBOLS
+
+MODEL_NAME = "tokenizer.model"
+CONFIG_NAME = "tokenizer_config.json"
+# Fewer learned pieces than this leaves almost every word in single characters or bytes.
+MIN_LEARNED_PIECES = 256
+
+# The release's trainer spec, except what depends on the corpus and the machine.
+RELEASED_OPTIONS = dict(
+    model_type="unigram",
+    character_coverage=0.9999,
+    byte_fallback=True,
+    split_digits=True,
+    split_by_unicode_script=True,
+    split_by_whitespace=True,
+    split_by_number=True,
+    max_sentencepiece_length=16,
+    normalization_rule_name="identity",
+    add_dummy_prefix=True,
+    remove_extra_whitespaces=False,
+    allow_whitespace_only_pieces=False,
+    unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+    unk_piece=UNK, bos_piece=BOS, eos_piece=EOS,
+    user_defined_symbols=list(USER_SYMBOLS),
+    max_sentence_length=MAX_SENTENCE_BYTES,
+)
+
+
+def tokenizer_config() -> dict:
+    """What Hugging Face tools read beside tokenizer.model: special tokens and the chat template."""
+    return {
+        "bos_token": BOS, "eos_token": EOS, "unk_token": UNK, "pad_token": None,
+        "add_bos_token": False, "add_eos_token": False,
+        "additional_special_tokens": [IM_START, IM_END],
+        "clean_up_tokenization_spaces": False,
+        "chat_template": CHAT_TEMPLATE,
+    }
+
+
+def train_tokenizer(inputs: list[str | Path], out_dir: str | Path, vocab_size: int,
+                    jsonl_field: str = "text", max_sentences: int | None = 2_000_000,
+                    seed: int = 0) -> Path:
+    """Train on `inputs` and write tokenizer.model + tokenizer_config.json into `out_dir`.
+
+    `max_sentences` caps memory and time with a uniform seeded sample of the input lines.
+    The same inputs and seed give the same model bytes.
+    """
+    import sentencepiece as spm
+
+    minimum = RESERVED_PIECES + MIN_LEARNED_PIECES
+    if vocab_size < minimum:
+        raise UserError(f"vocab size {vocab_size} is too small: {RESERVED_PIECES} ids are taken by "
+                        f"special, user-defined and byte pieces; use at least {minimum}")
+    if max_sentences is not None and max_sentences < 1:
+        raise UserError(f"max sentences must be positive, got {max_sentences}")
+    if not inputs:
+        raise UserError("no training input given")
+    corpus = sample(sentences(input_files(inputs), jsonl_field), max_sentences, seed)
+    if not corpus:
+        raise UserError(f"no text found in {', '.join(str(p) for p in inputs)}")
+
+    spm.set_random_generator_seed(seed)
+    proto = _train(spm, corpus, vocab_size)
+    out_dir = Path(out_dir)
+    with atomic_directory(out_dir) as tmp:
+        atomic_write_bytes(tmp / MODEL_NAME, proto)
+        atomic_write_json(tmp / CONFIG_NAME, tokenizer_config())
+    return out_dir
+
+
+def _train(spm, corpus: list[str], vocab_size: int) -> bytes:
+    import io
+
+    writer = io.BytesIO()
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(corpus), model_writer=writer, vocab_size=vocab_size,
+            # a small corpus may not hold enough distinct pieces: return fewer rather than fail
+            hard_vocab_limit=False,
+            # we sample ourselves (seeded); SentencePiece would sample again with its own RNG
+            input_sentence_size=0, shuffle_input_sentence=False,
+            num_threads=os.cpu_count() or 1, minloglevel=1,
+            **RELEASED_OPTIONS)
+    except RuntimeError as exc:
+        raise UserError(f"SentencePiece training failed: {str(exc).strip().splitlines()[-1]}") from None
+    return writer.getvalue()
