@@ -143,8 +143,8 @@ class ModelConfig:
     def from_dict(cls, data: dict[str, Any], where: str = "model") -> "ModelConfig":
         data = dict(data)
         mup = data.pop("mup", {}) or {}
-        _reject_unknown(data, cls, where)
-        _reject_unknown(mup, MupConfig, f"{where}.mup")
+        reject_unknown_keys(data, cls, where)
+        reject_unknown_keys(mup, MupConfig, f"{where}.mup")
         return cls(**data, mup=MupConfig(**mup))
 
     def replace(self, **changes: Any) -> "ModelConfig":
@@ -323,7 +323,7 @@ def _did_you_mean(word: str, candidates: Any) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _reject_unknown(data: dict[str, Any], cls: type, where: str) -> None:
+def reject_unknown_keys(data: dict[str, Any], cls: type, where: str) -> None:
     known = {f.name for f in dataclasses.fields(cls)}
     for key in data:
         if key not in known:

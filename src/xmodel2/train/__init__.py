@@ -1,0 +1,1 @@
+"""Pretraining: schedules, FLOP counts, the trainer, checkpoints and run configs."""

@@ -1,0 +1,54 @@
+"""Next-token cross-entropy from final hidden states.
+
+For a 65,280-piece vocabulary the fp32 logits of a (batch x seq) block dominate activation memory,
+so the loss is computed over row chunks: each chunk's logits exist only inside a checkpointed
+function and are recomputed in the backward pass, so at most one chunk of logits is alive.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from xmodel2.model.transformer import Transformer
+
+IGNORE_INDEX = -100
+
+
+def _chunk_loss_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                    multiplier: float) -> torch.Tensor:
+    if multiplier != 1.0:
+        hidden = hidden * multiplier
+    logits = F.linear(hidden, weight).float()
+    return F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, reduction="sum")
+
+
+def next_token_loss(model: Transformer, input_ids: torch.Tensor, targets: torch.Tensor,
+                    chunk_rows: int = 4096) -> torch.Tensor:
+    """Mean cross-entropy over target tokens that are not IGNORE_INDEX."""
+    hidden = model.hidden_states(input_ids)
+    return hidden_loss(model, hidden, targets, chunk_rows)
+
+
+def hidden_loss(model: Transformer, hidden: torch.Tensor, targets: torch.Tensor,
+                chunk_rows: int = 4096) -> torch.Tensor:
+    hidden = hidden.reshape(-1, hidden.shape[-1])
+    targets = targets.reshape(-1)
+    weight = model.output_weight
+    count = (targets != IGNORE_INDEX).sum().clamp(min=1)
+    if hidden.shape[0] <= chunk_rows or not torch.is_grad_enabled():
+        total = _chunk_loss_sum(hidden, weight, targets, model.logit_multiplier)
+        return total / count
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, hidden.shape[0], chunk_rows):
+        rows = slice(start, start + chunk_rows)
+        total = total + checkpoint(_chunk_loss_sum, hidden[rows], weight, targets[rows],
+                                   model.logit_multiplier, use_reentrant=False)
+    return total / count
+
+
+def per_token_loss(model: Transformer, input_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """(batch, seq) losses, for perplexity and per-position analyses (no grad)."""
+    logits = model(input_ids).float()
+    return F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none")

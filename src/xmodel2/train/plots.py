@@ -1,0 +1,51 @@
+"""The loss-curve plot: training and validation loss, learning rate on a second axis."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from xmodel2.train.metrics import read_metrics
+
+
+def plot_loss_curve(metrics_path: str | Path, out_png: str | Path, title: str = "") -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = read_metrics(metrics_path)
+    train = [(r["tokens"], r["loss"]) for r in records if "loss" in r]
+    val = [(r["tokens"], r["val_loss"]) for r in records if "val_loss" in r]
+    lr = [(r["tokens"], r["lr"]) for r in records if "lr" in r]
+    stages = {}
+    for r in records:
+        stages.setdefault(r.get("stage", ""), r["tokens"])
+
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
+    if train:
+        ax.plot(*zip(*train), color="tab:blue", lw=1.2, label="train loss")
+    if val:
+        ax.plot(*zip(*val), color="tab:orange", marker="o", ms=4, lw=1.5, label="validation loss")
+    ax.set_xlabel("training tokens")
+    ax.set_ylabel("cross-entropy (nats/token)")
+    ax.grid(alpha=0.3)
+    lr_axis = ax.twinx()
+    if lr:
+        lr_axis.plot(*zip(*lr), color="tab:green", lw=1.0, ls="--", label="learning rate")
+    lr_axis.set_ylabel("learning rate (base group)")
+    lr_axis.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
+    for name, start in stages.items():
+        if name and start > min(t for t, _ in train or [(0, 0)]):
+            ax.axvline(start, color="grey", lw=0.8, ls=":")
+            ax.text(start, ax.get_ylim()[1], f" {name}", va="top", fontsize=8, color="grey")
+    lines = ax.get_legend_handles_labels()
+    more = lr_axis.get_legend_handles_labels()
+    ax.legend(lines[0] + more[0], lines[1] + more[1], loc="upper right", fontsize=8)
+    ax.set_title(title or "xmodel2 pretraining")
+    fig.tight_layout()
+    out_png = Path(out_png)
+    tmp = out_png.with_name(f".{out_png.stem}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(out_png)
+    return out_png
