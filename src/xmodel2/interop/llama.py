@@ -1,0 +1,105 @@
+"""Export: our folder as a plain `LlamaForCausalLM` (μP folded into the weights) or as a native copy.
+
+Each forward multiplier of μP is a scalar on a linear path, so it moves into a weight:
+
+* embedding × scale_emb            -> `embed_tokens` × scale_emb;
+* residual branch × scale_depth/√L -> `o_proj` and `down_proj` × that (they end each branch);
+* logits = W (h / m) × output_scale -> `lm_head` = W × output_scale / m;
+* attention scale 1/head_dim        -> `q_proj` × 1/√head_dim (Llama applies the other 1/√head_dim).
+
+Tied embeddings stay tied only when the embedding and LM-head factors agree; otherwise the head
+is written out (untied). A multiplier of exactly 1 leaves its tensor untouched, so a plain Llama
+goes through import and export bit-exact.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from pathlib import Path
+
+import torch
+
+from xmodel2.errors import UserError
+from xmodel2.interop.hf import Checkpoint, read_checkpoint, write_folder, write_native_folder
+from xmodel2.model.config import ModelConfig
+
+FORMATS = ("llama", "xmodel")
+
+
+def fold_mup(config: ModelConfig, tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], bool]:
+    """Plain-Llama tensors computing the same function; returns (tensors, tied)."""
+    out = dict(tensors)
+    embedding = tensors["model.embed_tokens.weight"]
+    head = tensors.get("lm_head.weight", embedding)
+    out["model.embed_tokens.weight"] = _scaled(embedding, config.embedding_multiplier)
+    query_factor = 1.0
+    if config.attention_scale == "inv_head_dim":
+        query_factor = math.sqrt(config.head_dim) / config.head_dim
+    for i in range(config.num_layers):
+        prefix = f"model.layers.{i}."
+        for name in ("self_attn.o_proj.weight", "mlp.down_proj.weight"):
+            out[prefix + name] = _scaled(tensors[prefix + name], config.residual_multiplier)
+        out[prefix + "self_attn.q_proj.weight"] = _scaled(tensors[prefix + "self_attn.q_proj.weight"],
+                                                          query_factor)
+    tied = config.tie_embeddings and config.embedding_multiplier == config.logit_multiplier
+    if tied:
+        out.pop("lm_head.weight", None)
+    else:
+        out["lm_head.weight"] = _scaled(head, config.logit_multiplier)
+    return out, tied
+
+
+def llama_config(config: ModelConfig, tied: bool) -> dict:
+    """A config.json that transformers' own LlamaForCausalLM reads (no remote code)."""
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.hidden_size,
+        "intermediate_size": config.intermediate_size,
+        "num_hidden_layers": config.num_layers,
+        "num_attention_heads": config.num_heads,
+        "num_key_value_heads": config.num_kv_heads,
+        "head_dim": config.head_dim,
+        "hidden_act": "silu",
+        "max_position_embeddings": config.max_position_embeddings,
+        "rms_norm_eps": config.rms_norm_eps,
+        "rope_theta": config.rope_theta,
+        "rope_scaling": None,
+        "attention_bias": False,
+        "mlp_bias": False,
+        "tie_word_embeddings": tied,
+        "initializer_range": config.mup.init_std,
+        "bos_token_id": config.bos_token_id,
+        "eos_token_id": config.eos_token_id,
+        "pad_token_id": config.pad_token_id,
+    }
+
+
+def export_model(src: str | Path, out: str | Path, fmt: str) -> Path:
+    if fmt not in FORMATS:
+        raise UserError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    src = Path(src)
+    if src.suffix == ".gguf" or not src.is_dir():
+        raise UserError(f"{src}: model folder not found (export reads a folder written by xmodel2)")
+    with tempfile.TemporaryDirectory() as work:
+        checkpoint = read_checkpoint(src, work)
+        if fmt == "xmodel":
+            return write_native_folder(out, checkpoint)
+        return write_llama_folder(out, checkpoint)
+
+
+def write_llama_folder(out: str | Path, checkpoint: Checkpoint) -> Path:
+    config = checkpoint.config
+    tensors, tied = fold_mup(config, checkpoint.tensors)
+    generation = {"bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id,
+                  "pad_token_id": config.pad_token_id, "do_sample": False}
+    return write_folder(out, llama_config(config, tied), tensors, generation, checkpoint.tokenizer_dir)
+
+
+def _scaled(tensor: torch.Tensor, factor: float) -> torch.Tensor:
+    # Multiply in fp32 and store in the tensor's own dtype; a factor of 1 keeps the very tensor.
+    if factor == 1.0:
+        return tensor
+    return (tensor.float() * factor).to(tensor.dtype)
