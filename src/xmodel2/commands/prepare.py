@@ -1,0 +1,55 @@
+"""`xmodel2 prepare`: tokenize text files, JSONL files or folders into one token shard folder."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "tokenize text / JSONL files or folders into a token shard (tokens.bin, documents.npy, meta.json)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="text files (one document each), .jsonl[.gz] files (one document a line) "
+                             "or folders of them; with --check, shard folders to verify")
+    parser.add_argument("--tokenizer", help="tokenizer.model, tokenizer.json or a folder holding one")
+    parser.add_argument("--out", help="shard folder to write")
+    parser.add_argument("--jsonl-field", default="text", help="JSONL field holding the text (default: text)")
+    parser.add_argument("--workers", type=int, default=2, help="tokenizer processes (default: 2)")
+    parser.add_argument("--strict", action="store_true",
+                        help="stop at the first malformed line, invalid UTF-8 or empty document "
+                             "instead of skipping and counting it")
+    parser.add_argument("--chunk-chars", type=int, default=None,
+                        help="characters of text per unit of work and of resumption (default: 1 Mi)")
+    parser.add_argument("--check", action="store_true",
+                        help="verify existing shard folders instead: sizes, checksum and token ids")
+
+
+def run(args: argparse.Namespace) -> int:
+    from xmodel2.data.prepare import DEFAULT_CHUNK_CHARS, prepare
+    from xmodel2.data.shards import ShardReader
+    from xmodel2.errors import UserError
+
+    if args.check:
+        for path in args.inputs:
+            reader = ShardReader(path)
+            reader.verify()
+            print(f"{path}: ok, {reader.num_tokens:,} tokens, {reader.num_documents:,} documents, "
+                  f"{reader.meta['dtype']}, vocabulary {reader.vocab_size:,}")
+        return 0
+    if not args.tokenizer or not args.out:
+        raise UserError("prepare needs --tokenizer PATH and --out DIR")
+    result = prepare(args.inputs, args.tokenizer, args.out, jsonl_field=args.jsonl_field,
+                     workers=args.workers, strict=args.strict,
+                     chunk_chars=args.chunk_chars or DEFAULT_CHUNK_CHARS)
+    meta = result.meta
+    if result.up_to_date:
+        print(f"{result.out}: up to date ({meta['tokens']:,} tokens, {meta['documents']:,} documents)")
+        return 0
+    for counts in result.files:
+        if counts.skipped:
+            print(f"{counts.path}: skipped {counts.malformed_lines} malformed lines, {counts.invalid_utf8} "
+                  f"invalid UTF-8, {counts.empty_documents} empty documents")
+    resumed = f", {result.reused_chunks} chunks reused from an interrupted run" if result.reused_chunks else ""
+    print(f"{result.out}: {meta['tokens']:,} tokens, {meta['documents']:,} documents from "
+          f"{len(meta['files'])} files ({meta['dtype']}){resumed}")
+    return 0
