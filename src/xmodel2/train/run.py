@@ -1,0 +1,265 @@
+"""One pretraining run, start to finish: tokenizer, shards, model, stages, resume, final report.
+
+`run_pretraining` is what `xmodel2 pretrain` calls. Each preparation step is idempotent (a
+tokenizer or shard folder that already exists with the right fingerprint is reused), and the run
+resumes from the newest complete checkpoint in its output folder, so re-running the same command
+after a kill continues exactly where the last checkpoint left off.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from xmodel2.errors import UserError
+from xmodel2.fileio import atomic_write_json
+from xmodel2.model.config import ModelConfig
+from xmodel2.model.folder import build_model
+from xmodel2.model.mup import build_optimizer
+from xmodel2.train import flops
+from xmodel2.train.checkpoint import latest_checkpoint, load_checkpoint
+from xmodel2.train.hardware import measure_matmul_flops, pick_device
+from xmodel2.train.metrics import MetricsLogger
+from xmodel2.train.runconfig import RunConfig, model_config
+from xmodel2.train.schedule import BatchSchedule, WSDSchedule, accumulation_steps
+from xmodel2.train.trainer import LoopSettings, Trainer, evaluate_loss
+
+
+@dataclass
+class StagePlan:
+    name: str
+    start: int  # first global step
+    end: int  # one past the last step
+    dataset: object  # MixtureDataset
+
+
+@dataclass
+class RunResult:
+    out_dir: Path
+    final_checkpoint: Path
+    val_loss_start: float | None
+    val_loss_end: float | None
+    test_perplexity: float | None
+    sample: str | None
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# ---- preparation -----------------------------------------------------------------------------------
+
+def training_inputs(run: RunConfig) -> list[Path]:
+    inputs = []
+    for source in run.data.sources.values():
+        if not source.held_out:
+            inputs.extend(run.resolve_path(p) for p in source.inputs)
+    return inputs
+
+
+def prepare_tokenizer(run: RunConfig, out_dir: Path) -> Path:
+    """The tokenizer folder or file to use: the configured one, or one trained once per run folder."""
+    from xmodel2.tokenizer import load_tokenizer
+
+    if run.tokenizer.path:
+        path = run.resolve_path(run.tokenizer.path)
+        load_tokenizer(path)  # fail early and clearly on a bad file
+        return path
+    tokenizer_dir = out_dir / "tokenizer"
+    if (tokenizer_dir / "tokenizer.model").is_file():
+        return tokenizer_dir
+    from xmodel2.tokenizer.train import train_tokenizer
+
+    say(f"xmodel2: training a {run.tokenizer.vocab_size}-piece Unigram tokenizer on the training sources")
+    train_tokenizer(training_inputs(run), tokenizer_dir, vocab_size=run.tokenizer.vocab_size,
+                    max_sentences=run.tokenizer.max_sentences, seed=run.train.seed)
+    return tokenizer_dir
+
+
+def prepare_sources(run: RunConfig, out_dir: Path, tokenizer_path: Path) -> dict[str, Path]:
+    """Token shards for every source under OUT/data/<source> (reused when already complete)."""
+    from xmodel2.data.prepare import prepare_shards
+
+    shard_dirs = {}
+    for name, source in run.data.sources.items():
+        shard_dir = out_dir / "data" / name
+        prepare_shards([run.resolve_path(p) for p in source.inputs], tokenizer_path, shard_dir,
+                       jsonl_field=source.jsonl_field, workers=run.data.workers)
+        shard_dirs[name] = shard_dir
+    return shard_dirs
+
+
+# ---- planning --------------------------------------------------------------------------------------
+
+def batch_schedule(run: RunConfig) -> BatchSchedule:
+    if run.train.batch_schedule:
+        return BatchSchedule(tuple((int(s), int(b)) for s, b in run.train.batch_schedule))
+    return BatchSchedule.constant(run.train.batch_size)
+
+
+def lr_schedule(run: RunConfig) -> WSDSchedule:
+    steps = run.stage_steps()
+    decay_start, decay = run.train.steps, None
+    start = 0
+    for stage, n in zip(run.stages, steps):
+        if stage.decay is not None:
+            decay_start, decay = start, stage.decay
+            break
+        start += n
+    return WSDSchedule(warmup_steps=min(run.train.warmup_steps, decay_start), decay_start=decay_start,
+                       total_steps=run.train.steps,
+                       shape=decay.shape if decay else "exponential",
+                       half_life=decay.half_life if decay else 5000.0,
+                       floor=decay.floor if decay else 0.0)
+
+
+def plan_stages(run: RunConfig, shard_dirs: dict[str, Path], batches: BatchSchedule) -> list[StagePlan]:
+    from xmodel2.data.mixture import MixtureDataset, SourceSpec
+
+    plans, start = [], 0
+    for index, (stage, n_steps) in enumerate(zip(run.stages, run.stage_steps())):
+        end = start + n_steps
+        stage_tokens = (batches.offset(end) - batches.offset(start)) * run.data.seq_len
+        shares = {k: v for k, v in stage.mixture.items() if v <= 1}
+        if shares and abs(sum(shares.values()) - 1.0) > 1e-6 and len(shares) == len(stage.mixture):
+            raise UserError(f"stages.{index}.mixture: shares add up to {sum(shares.values()):.4f}, not 1")
+        specs = []
+        for source, amount in stage.mixture.items():
+            tokens = int(amount) if amount > 1 else int(round(amount * stage_tokens))
+            if tokens > 0:
+                specs.append(SourceSpec(name=source, path=str(shard_dirs[source]), tokens=tokens,
+                                        max_repeats=stage.max_repeats))
+        dataset = MixtureDataset(specs, seq_len=run.data.seq_len, seed=run.train.seed + 1000 * index)
+        plans.append(StagePlan(stage.name, start, end, dataset))
+        start = end
+    return plans
+
+
+def stage_at(plans: list[StagePlan], step: int) -> StagePlan:
+    for plan in plans:
+        if plan.start <= step < plan.end:
+            return plan
+    return plans[-1]
+
+
+# ---- the run ---------------------------------------------------------------------------------------
+
+def run_pretraining(run: RunConfig, out_dir: str | Path, init_from: str | Path | None = None,
+                    show_progress: bool = True) -> RunResult:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(run.train.seed)
+    tokenizer_path = prepare_tokenizer(run, out_dir)
+    from xmodel2.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(tokenizer_path)
+    shard_dirs = prepare_sources(run, out_dir, tokenizer_path)
+    config = model_config(run, tokenizer.vocab_size)
+    if tokenizer.vocab_size > config.vocab_size:
+        raise UserError(f"model.vocab_size={config.vocab_size} is smaller than the tokenizer's "
+                        f"{tokenizer.vocab_size} pieces")
+    config = config.replace(bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id,
+                            pad_token_id=tokenizer.pad_id)
+    device = pick_device(run.train.device)
+    batches = batch_schedule(run)
+    schedule = lr_schedule(run)
+    plans = plan_stages(run, shard_dirs, batches)
+    for plan in plans:
+        say(f"xmodel2: stage {plan.name!r}, steps {plan.start}-{plan.end - 1}\n{plan.dataset.describe()}")
+
+    model = build_model(config, seed=run.train.seed).to(device)
+    optimizer = build_optimizer(model, config, lr=run.train.lr, weight_decay=run.train.weight_decay,
+                                betas=(run.train.beta1, run.train.beta2), eps=run.train.eps,
+                                implementation=run.train.optimizer_impl)
+    resolved = run.to_dict() | {"resolved_model": config.to_dict()}
+    start_step, start_tokens = _restore(out_dir, init_from, model, optimizer, config)
+
+    def micro_batch(step: int, micro: int) -> torch.Tensor:
+        plan = stage_at(plans, step)
+        first = batches.offset(step) - batches.offset(plan.start) + micro * run.train.micro_batch_size
+        return plan.dataset.sequences(range(first, first + run.train.micro_batch_size))
+
+    val_blocks = _validation_blocks(run, shard_dirs)
+    peak = measure_matmul_flops(torch.bfloat16 if run.train.precision == "bf16" else torch.float32, device)
+    settings = LoopSettings(
+        total_steps=run.train.steps,
+        accumulation=lambda step: accumulation_steps(batches.size(step), run.train.micro_batch_size),
+        tokens_per_micro_batch=run.train.micro_batch_size * run.data.seq_len,
+        grad_clip=run.train.grad_clip, precision=run.train.precision, log_every=run.train.log_every,
+        val_every=run.train.val_every, checkpoint_every=run.checkpoint.every,
+        checkpoint_keep=run.checkpoint.keep,
+        flops_per_token=flops.training_flops_per_token(config, run.data.seq_len), peak_flops=peak)
+    logger = MetricsLogger(out_dir, resume_step=start_step)
+    compiled = torch.compile(model) if run.train.compile else None
+    trainer = Trainer(model, optimizer, settings, micro_batch, schedule.factor, run.train.lr, out_dir,
+                      resolved, logger, device, validation=val_blocks, tokenizer_dir=tokenizer_path,
+                      compiled_model=compiled, stage_of=lambda s: stage_at(plans, s).name)
+    trainer.step, trainer.tokens = start_step, start_tokens
+    atomic_write_json(out_dir / "run_config.json", resolved)
+
+    val_start = None
+    if start_step == 0 and val_blocks:
+        val_start = trainer.validate()
+        logger.log({"step": 0, "tokens": 0, "loss": val_start, "lr": 0.0, "val_loss": val_start,
+                    "stage": plans[0].name})
+    say(f"xmodel2: {config.num_parameters():,} parameters ({config.num_parameters(False):,} "
+        f"non-embedding), {settings.flops_per_token / 1e6:.1f} MFLOP/token, device {device}, "
+        f"{run.train.precision}, matmul peak {peak / 1e9:.0f} GFLOP/s")
+    progress = None
+    if show_progress:
+        from tqdm import tqdm
+
+        progress = tqdm(total=run.train.steps, initial=start_step, desc="pretrain", unit="step",
+                        dynamic_ncols=True, file=sys.stderr)
+    try:
+        trainer.run(progress)
+    finally:
+        if progress is not None:
+            progress.close()
+        logger.close()
+    final = latest_checkpoint(out_dir)
+    return RunResult(out_dir=out_dir, final_checkpoint=final, val_loss_start=val_start,
+                     val_loss_end=logger.last_val, test_perplexity=None, sample=None)
+
+
+def _restore(out_dir: Path, init_from, model, optimizer, config: ModelConfig) -> tuple[int, int]:
+    """Resume from this run's newest checkpoint, else branch from `init_from`, else start fresh."""
+    source = latest_checkpoint(out_dir)
+    if source is None and init_from is not None:
+        source = Path(init_from)
+        if not source.is_dir():
+            raise UserError(f"{source}: checkpoint folder not found")
+    if source is None:
+        return 0, 0
+    saved = load_checkpoint(source, model, optimizer)
+    saved_model = saved.run_config.get("resolved_model")
+    if saved_model is not None and saved_model != config.to_dict():
+        raise UserError(f"{source}: the checkpoint's model config differs from this run's; "
+                        "use a new --out folder or the same model settings")
+    say(f"xmodel2: resuming from {source} (step {saved.step}, {saved.tokens:,} tokens)")
+    return saved.step, saved.tokens
+
+
+def _validation_blocks(run: RunConfig, shard_dirs: dict[str, Path]) -> list[torch.Tensor]:
+    if run.data.validation is None:
+        return []
+    from xmodel2.data.mixture import SequentialDataset
+
+    data = SequentialDataset(str(shard_dirs[run.data.validation]), run.data.seq_len,
+                             max_sequences=run.data.validation_sequences)
+    n = len(data)
+    size = run.train.micro_batch_size
+    return [data.sequences(range(i, min(n, i + size))) for i in range(0, n, size)]
+
+
+def held_out_perplexity(model, run: RunConfig, shard_dir: Path, device: torch.device) -> float:
+    from xmodel2.data.mixture import SequentialDataset
+
+    data = SequentialDataset(str(shard_dir), run.data.seq_len, max_sequences=run.finish.perplexity_sequences)
+    size = run.train.micro_batch_size
+    blocks = [data.sequences(range(i, min(len(data), i + size))) for i in range(0, len(data), size)]
+    return math.exp(evaluate_loss(model, blocks, run.train.precision, device))
