@@ -17,7 +17,8 @@ from xmodel2.errors import UserError
 from xmodel2.tokenizer import load_tokenizer
 from xmodel2.tokenizer.chat import CHAT_TEMPLATE
 from xmodel2.tokenizer.symbols import RESERVED_PIECES, USER_SYMBOLS
-from xmodel2.tokenizer.train import train_tokenizer
+from xmodel2.tokenizer.corpus import sentences
+from xmodel2.tokenizer.train import character_coverage, train_tokenizer
 
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "xmodel2-tokenizer"
 RELEASED = REFERENCE / "tokenizer.model"
@@ -155,6 +156,23 @@ def test_training_rejects_bad_inputs(tmp_path, setup, message):
     with pytest.raises(UserError, match=message):
         train_tokenizer(setup(tmp_path), tmp_path / "out", vocab_size=1000)
     assert not (tmp_path / "out").exists()
+
+
+def test_small_vocab_trains_on_text_with_many_distinct_characters(tmp_path):
+    """Over a thousand emoji at the released coverage would each need a piece: more than fit in 1,000."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("pip")
+    if spec is None:
+        pytest.skip("pip is not installed (its emoji table is the test text)")
+    emoji_table = Path(spec.origin).parent / "_vendor" / "rich" / "_emoji_codes.py"
+    if not emoji_table.is_file():
+        pytest.skip(f"{emoji_table} absent")
+    assert character_coverage(list(sentences([emoji_table])), 1000) < 0.9999
+    tok = load_tokenizer(train_tokenizer([emoji_table], tmp_path / "tok", vocab_size=1000))
+    assert tok.vocab_size == 1000
+    text = '"thumbs_up": "👍", "rocket": "🚀"'
+    assert tok.decode(tok.encode(text)) == text
 
 
 def test_training_rejects_tiny_vocab(corpus, tmp_path):

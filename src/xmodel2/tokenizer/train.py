@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+from collections import Counter
 from pathlib import Path
 
 from xmodel2.errors import UserError
@@ -13,13 +13,16 @@ from xmodel2.tokenizer.symbols import BOS, EOS, IM_END, IM_START, RESERVED_PIECE
 
 MODEL_NAME = "tokenizer.model"
 CONFIG_NAME = "tokenizer_config.json"
+# SentencePiece splits EM work into this many chunks and the float sums depend on the split, so a
+# fixed count (not the machine's core count) gives the same model on every machine.
+TRAIN_THREADS = 16
 # Fewer learned pieces than this leaves almost every word in single characters or bytes.
 MIN_LEARNED_PIECES = 256
 
+RELEASED_CHARACTER_COVERAGE = 0.9999
 # The release's trainer spec, except what depends on the corpus and the machine.
 RELEASED_OPTIONS = dict(
     model_type="unigram",
-    character_coverage=0.9999,
     byte_fallback=True,
     split_digits=True,
     split_by_unicode_script=True,
@@ -54,7 +57,7 @@ def train_tokenizer(inputs: list[str | Path], out_dir: str | Path, vocab_size: i
     """Train on `inputs` and write tokenizer.model + tokenizer_config.json into `out_dir`.
 
     `max_sentences` caps memory and time with a uniform seeded sample of the input lines.
-    The same inputs and seed give the same model bytes.
+    The same inputs and seed give the same model bytes, on any machine.
     """
     import sentencepiece as spm
 
@@ -71,7 +74,7 @@ def train_tokenizer(inputs: list[str | Path], out_dir: str | Path, vocab_size: i
         raise UserError(f"no text found in {', '.join(str(p) for p in inputs)}")
 
     spm.set_random_generator_seed(seed)
-    proto = _train(spm, corpus, vocab_size)
+    proto = _train(spm, corpus, vocab_size, character_coverage(corpus, vocab_size))
     out_dir = Path(out_dir)
     with atomic_directory(out_dir) as tmp:
         atomic_write_bytes(tmp / MODEL_NAME, proto)
@@ -79,18 +82,36 @@ def train_tokenizer(inputs: list[str | Path], out_dir: str | Path, vocab_size: i
     return out_dir
 
 
-def _train(spm, corpus: list[str], vocab_size: int) -> bytes:
+def character_coverage(corpus: list[str], vocab_size: int) -> float:
+    """The released coverage, lowered when the corpus has too many distinct characters to fit.
+
+    SentencePiece gives every character within the coverage its own piece and fails when they do
+    not fit the vocabulary (a few MB of Chinese holds thousands). We keep the most frequent
+    characters within half of the learnable ids; byte fallback spells the rest.
+    """
+    counts: Counter[str] = Counter()
+    for sentence in corpus:
+        counts.update(sentence)
+    budget = (vocab_size - RESERVED_PIECES) // 2
+    frequencies = sorted(counts.values(), reverse=True)
+    if len(frequencies) <= budget:
+        return RELEASED_CHARACTER_COVERAGE
+    return min(RELEASED_CHARACTER_COVERAGE, sum(frequencies[:budget]) / sum(frequencies))
+
+
+def _train(spm, corpus: list[str], vocab_size: int, coverage: float) -> bytes:
     import io
 
     writer = io.BytesIO()
     try:
         spm.SentencePieceTrainer.train(
             sentence_iterator=iter(corpus), model_writer=writer, vocab_size=vocab_size,
+            character_coverage=coverage,
             # a small corpus may not hold enough distinct pieces: return fewer rather than fail
             hard_vocab_limit=False,
             # we sample ourselves (seeded); SentencePiece would sample again with its own RNG
             input_sentence_size=0, shuffle_input_sentence=False,
-            num_threads=os.cpu_count() or 1, minloglevel=1,
+            num_threads=TRAIN_THREADS, minloglevel=1,
             **RELEASED_OPTIONS)
     except RuntimeError as exc:
         raise UserError(f"SentencePiece training failed: {str(exc).strip().splitlines()[-1]}") from None
