@@ -174,11 +174,10 @@ def _convert(hint: Any, value: Any, dotted: str, lines: dict, source: str) -> An
 
 
 def _error(dotted: str, message: str, lines: dict[str, int], source: str) -> UserError:
+    # Keys without a line came from command-line overrides: the message names them alone.
     line = lines.get(dotted)
     if source and line:
         return UserError(f"{source}:{line}: {message}")
-    if source:
-        return UserError(f"{source}: {message}")
     return UserError(message)
 
 

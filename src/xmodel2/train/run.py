@@ -82,13 +82,15 @@ def prepare_tokenizer(run: RunConfig, out_dir: Path) -> Path:
 
 def prepare_sources(run: RunConfig, out_dir: Path, tokenizer_path: Path) -> dict[str, Path]:
     """Token shards for every source under OUT/data/<source> (reused when already complete)."""
-    from xmodel2.data.prepare import prepare_shards
+    from xmodel2.data.prepare import prepare
 
     shard_dirs = {}
     for name, source in run.data.sources.items():
         shard_dir = out_dir / "data" / name
-        prepare_shards([run.resolve_path(p) for p in source.inputs], tokenizer_path, shard_dir,
-                       jsonl_field=source.jsonl_field, workers=run.data.workers)
+        result = prepare([str(run.resolve_path(p)) for p in source.inputs], str(tokenizer_path),
+                         shard_dir, jsonl_field=source.jsonl_field, workers=run.data.workers)
+        if not result.up_to_date:
+            say(f"xmodel2: prepared {name}: {result.meta['tokens']:,} tokens in {shard_dir}")
         shard_dirs[name] = shard_dir
     return shard_dirs
 

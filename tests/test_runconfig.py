@@ -1,0 +1,78 @@
+"""Run configs: YAML sections, overrides, unknown keys with did-you-mean, type errors with lines."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from xmodel2.cli import main
+from xmodel2.errors import UserError
+from xmodel2.train.run import lr_schedule
+from xmodel2.train.runconfig import DEFAULT_CONFIG, load_run_config, model_config
+
+
+def test_default_config_loads_and_resolves():
+    run = load_run_config(None, [])
+    assert run.stage_steps() == [run.train.steps - 140, 140]
+    assert Path(run.resolve_path("data/corpus")).name == "corpus"
+    config = model_config(run, vocab_size=4096)
+    assert (config.hidden_size, config.num_layers, config.vocab_size) == (256, 8, 4096)
+    schedule = lr_schedule(run)
+    assert schedule.decay_start == run.train.steps - 140 and schedule.shape == "exponential"
+
+
+def test_overrides_change_values():
+    run = load_run_config(None, ["--train.steps=900", "--train.seed", "3", "--checkpoint.every=50",
+                                 "--train.lr=0.02", "--model.mup.scale_emb=8"])
+    assert (run.train.steps, run.train.seed, run.checkpoint.every, run.train.lr) == (900, 3, 50, 0.02)
+    assert run.stage_steps() == [760, 140]
+    assert model_config(run, 100).mup.scale_emb == 8
+
+
+@pytest.mark.parametrize("override, message", [
+    (["--train.lrr=0.1"], "unknown key train.lrr (did you mean 'lr'?)"),
+    (["--trian.steps=5"], "unknown key trian (did you mean 'train'?)"),
+    (["--train.steps=abc"], "train.steps must be an integer"),
+    (["--model.hiden_size=64"], "unknown key model.hiden_size (did you mean 'hidden_size'?)"),
+    (["--train.steps=100"], "leaves no steps for stage 'stable'"),
+    (["--train.precision=fp16"], "precision must be bf16 or fp32"),
+])
+def test_bad_overrides_are_named(override, message):
+    with pytest.raises(UserError) as info:
+        run = load_run_config(None, override)
+        model_config(run, 100)
+    assert message in str(info.value)
+
+
+def test_yaml_errors_carry_file_and_line(tmp_path):
+    bad = tmp_path / "run.yaml"
+    text = DEFAULT_CONFIG.read_text().replace("  warmup_steps: 40", "  warmup_stpes: 40")
+    bad.write_text(text)
+    line = text.splitlines().index("  warmup_stpes: 40") + 1
+    with pytest.raises(UserError) as info:
+        load_run_config(bad, [])
+    assert str(info.value).startswith(f"{bad}:{line}: unknown key train.warmup_stpes")
+    assert "did you mean 'warmup_steps'" in str(info.value)
+
+
+def test_held_out_source_refused_in_mixture(tmp_path):
+    text = DEFAULT_CONFIG.read_text().replace("math: 0.05}", "wiki-test: 0.05}")
+    bad = tmp_path / "leak.yaml"
+    bad.write_text(text)
+    with pytest.raises(UserError, match="held out"):
+        load_run_config(bad, [])
+
+
+def test_cli_reports_unknown_key_with_exit_2(tmp_path, capsys):
+    assert main(["pretrain", "--out", str(tmp_path / "o"), "--train.stepz=3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["xmodel2: error: unknown key train.stepz (did you mean 'steps'?)"]
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_missing_config_file_subprocess(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "xmodel2", "pretrain", str(tmp_path / "nope.yaml")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"xmodel2: error: {tmp_path / 'nope.yaml'}: config file not found"
