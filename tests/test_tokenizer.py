@@ -113,6 +113,33 @@ def test_trained_tokenizer_has_released_layout(trained):
     assert config["chat_template"] == CHAT_TEMPLATE
 
 
+SPEC_FIELDS = ("model_type", "byte_fallback", "split_digits", "split_by_unicode_script", "split_by_number",
+               "split_by_whitespace", "max_sentencepiece_length", "unk_id", "bos_id", "eos_id", "pad_id",
+               "treat_whitespace_as_suffix", "allow_whitespace_only_pieces")
+
+
+def _proto(path: Path):
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(path.read_bytes())
+    return proto
+
+
+def test_trained_tokenizer_records_released_settings(trained):
+    proto = _proto(trained / "tokenizer.model")
+    spec, norm = proto.trainer_spec, proto.normalizer_spec
+    assert (spec.model_type, spec.byte_fallback, spec.split_digits, spec.pad_id) == (1, True, True, -1)  # 1 = UNIGRAM
+    assert (norm.name, norm.add_dummy_prefix, norm.remove_extra_whitespaces) == ("identity", True, False)
+    assert list(spec.user_defined_symbols) == list(USER_SYMBOLS)
+    if RELEASED.is_file():
+        released = _proto(RELEASED)
+        assert [getattr(spec, f) for f in SPEC_FIELDS] == [getattr(released.trainer_spec, f) for f in SPEC_FIELDS]
+        fields = ("name", "precompiled_charsmap", "add_dummy_prefix", "remove_extra_whitespaces",
+                  "escape_whitespaces")
+        assert [getattr(norm, f) for f in fields] == [getattr(released.normalizer_spec, f) for f in fields]
+
+
 def test_trained_tokenizer_splits_digits_and_falls_back_to_bytes(trained):
     tok = load_tokenizer(trained)
     digits = [tok.id_to_token(i) for i in tok.encode("x = 1234567890")]
