@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--vocab-size", type=int, required=True, metavar="N")
     train.add_argument("--jsonl-field", default="text", help="JSONL field holding the text (default: text)")
     train.add_argument("--max-sentences", type=int, default=2_000_000, metavar="N",
-                       help="train on a seeded sample of at most N lines (default: 2,000,000)")
+                       help="train on a seeded sample of at most N lines; 0 = all (default: 2,000,000)")
     train.add_argument("--seed", type=int, default=0)
 
     encode = sub.add_parser("encode", help="print the token ids of TEXT")
@@ -54,7 +54,7 @@ def _train(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     out = train_tokenizer(args.input, args.out, args.vocab_size, jsonl_field=args.jsonl_field,
-                          max_sentences=args.max_sentences, seed=args.seed)
+                          max_sentences=args.max_sentences or None, seed=args.seed)
     seconds = time.perf_counter() - start
     tokenizer = load_tokenizer(out)
     print(f"wrote {out}: {tokenizer.vocab_size:,} pieces in {seconds:.1f} s "

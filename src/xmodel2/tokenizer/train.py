@@ -19,6 +19,7 @@ TRAIN_THREADS = 16
 # Fewer learned pieces than this leaves almost every word in single characters or bytes.
 MIN_LEARNED_PIECES = 256
 
+# lowered for corpora with more distinct characters than the vocabulary holds (character_coverage)
 RELEASED_CHARACTER_COVERAGE = 0.9999
 # The release's trainer spec, except what depends on the corpus and the machine.
 RELEASED_OPTIONS = dict(
@@ -57,7 +58,7 @@ def train_tokenizer(inputs: list[str | Path], out_dir: str | Path, vocab_size: i
     """Train on `inputs` and write tokenizer.model + tokenizer_config.json into `out_dir`.
 
     `max_sentences` caps memory and time with a uniform seeded sample of the input lines.
-    The same inputs and seed give the same model bytes, on any machine.
+    The same inputs and seed give the same model bytes on any machine (with the same sentencepiece version).
     """
     import sentencepiece as spm
 
