@@ -1,0 +1,66 @@
+"""`xmodel2 generate DIR --prompt TEXT --max-new-tokens N`: print the model's continuation."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "Continue a prompt with a model folder (KV-cache decoding, greedy or sampled)."
+
+DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate (default 64)")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 means greedy (default)")
+    parser.add_argument("--top-k", type=int, default=None, help="sample only from the k most likely tokens")
+    parser.add_argument("--top-p", type=float, default=None, help="sample only from the top-p nucleus")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    parser.add_argument("--stop", action="append", default=None, metavar="STR",
+                        help="stop when this text appears (repeatable); it is not printed")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="weights dtype (default fp32)")
+    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="model folder (config.json, model.safetensors, tokenizer)")
+    parser.add_argument("--prompt", required=True, help="text to continue")
+    bos = parser.add_mutually_exclusive_group()
+    bos.add_argument("--bos", dest="add_bos", action="store_true", default=None,
+                     help="prepend BOS (default: as tokenizer_config.json says)")
+    bos.add_argument("--no-bos", dest="add_bos", action="store_false")
+    add_sampling_arguments(parser)
+
+
+def load(args: argparse.Namespace):
+    """The model and tokenizer of `args.model`, after checking the sampling arguments."""
+    import torch
+
+    from xmodel2.errors import UserError
+    from xmodel2.model.folder import load_model_folder
+    from xmodel2.tokenizer import load_tokenizer
+
+    if args.max_new_tokens < 0:
+        raise UserError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
+    if args.temperature < 0:
+        raise UserError(f"--temperature must be >= 0, got {args.temperature}")
+    if args.top_k is not None and args.top_k <= 0:
+        raise UserError(f"--top-k must be positive, got {args.top_k}")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise UserError(f"--top-p must be in (0, 1], got {args.top_p}")
+    model = load_model_folder(args.model, device=args.device, dtype=getattr(torch, DTYPES[args.dtype]))
+    tokenizer = load_tokenizer(args.model)
+    if tokenizer.vocab_size > model.config.vocab_size:
+        raise UserError(f"{args.model}: tokenizer has {tokenizer.vocab_size} tokens but the model "
+                        f"only {model.config.vocab_size}")
+    return model, tokenizer
+
+
+def run(args: argparse.Namespace) -> int:
+    from xmodel2.model.generate import generate
+
+    model, tokenizer = load(args)
+    text = generate(model, tokenizer, [args.prompt], args.max_new_tokens, temperature=args.temperature,
+                    top_k=args.top_k, top_p=args.top_p, stop=args.stop, seed=args.seed,
+                    add_bos=args.add_bos)[0]
+    print(text)
+    return 0

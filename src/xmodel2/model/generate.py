@@ -1,0 +1,154 @@
+"""Text generation with a KV cache: prefill the prompts once, then one token per step.
+
+Prompts of different lengths are left-padded: padding is masked out of attention and position
+ids count real tokens only, so every row sees exactly what it would see alone. Greedy decoding
+(temperature 0) takes the argmax; otherwise logits are divided by the temperature, cut to the
+top-k and to the top-p nucleus, and sampled from a seeded generator.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Callable, Iterable, Sequence
+
+import torch
+
+from xmodel2.errors import UserError
+from xmodel2.model.transformer import KVCache, Transformer
+
+
+def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_k: int | None = None,
+                top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Next token ids, (batch,), from last-position logits (batch, vocab)."""
+    if temperature <= 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None and 0 < top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = sorted_logits.softmax(dim=-1)
+        # Drop a token when the tokens ranked above it already reach top_p (the first always stays).
+        drop = probs.cumsum(dim=-1) - probs >= top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+@torch.inference_mode()
+def generate_ids(model: Transformer, prompts: Sequence[Sequence[int]], max_new_tokens: int, *,
+                 temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
+                 stop_ids: Iterable[int] = (), seed: int = 0,
+                 should_stop: Callable[[int, list[int]], bool] | None = None) -> list[list[int]]:
+    """New token ids per prompt (a stop id ends a row and is not returned).
+
+    `should_stop(row, new_ids)` is asked after every token (for stop strings).
+    """
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise UserError("generate: every prompt needs at least one token")
+    if max_new_tokens <= 0:
+        return [[] for _ in prompts]
+    weight = model.output_weight
+    device, dtype = weight.device, weight.dtype
+    batch, longest = len(prompts), max(len(p) for p in prompts)
+    total = longest + max_new_tokens
+
+    input_ids = torch.zeros(batch, longest, dtype=torch.long)
+    mask = torch.ones(batch, total, dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        input_ids[row, longest - len(prompt):] = torch.tensor(list(prompt), dtype=torch.long)
+        mask[row, :longest - len(prompt)] = 0
+    input_ids, mask = input_ids.to(device), mask.to(device)
+    padded = bool((mask[:, :longest] == 0).any())
+    positions = (mask[:, :longest].cumsum(-1) - 1).clamp(min=0)
+
+    cache = KVCache(model.config, batch, total, device=device, dtype=dtype)
+    hidden = model.hidden_states(input_ids, positions, mask[:, :longest] if padded else None, cache)
+    logits = model.logits(hidden[:, -1])
+    next_position = positions[:, -1:] + 1
+
+    generator = torch.Generator(device=device).manual_seed(seed)
+    stops = set(int(i) for i in stop_ids)
+    finished = [False] * batch
+    new_ids: list[list[int]] = [[] for _ in range(batch)]
+    for step in range(max_new_tokens):
+        tokens = sample_next(logits, temperature, top_k, top_p, generator)
+        for row, token in enumerate(tokens.tolist()):
+            if finished[row]:
+                continue
+            if token in stops:
+                finished[row] = True
+                continue
+            new_ids[row].append(token)
+            if should_stop is not None and should_stop(row, new_ids[row]):
+                finished[row] = True
+        if all(finished) or step == max_new_tokens - 1:
+            break
+        seen = longest + step + 1
+        hidden = model.hidden_states(tokens[:, None], next_position,
+                                     mask[:, :seen] if padded else None, cache)
+        logits = model.logits(hidden[:, -1])
+        next_position = next_position + 1
+    return new_ids
+
+
+def generate(model: Transformer, tokenizer, prompts: list[str], max_new_tokens: int,
+             temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
+             stop: Sequence[str] | None = None, seed: int = 0, add_bos: bool | None = None) -> list[str]:
+    """The continuation of each prompt, cut before the first stop string."""
+    if add_bos is None:
+        add_bos = default_add_bos(tokenizer)
+    prompt_ids = [tokenizer.encode(text, add_bos=add_bos) for text in prompts]
+    new_ids = generate_ids(model, prompt_ids, max_new_tokens, temperature=temperature, top_k=top_k,
+                           top_p=top_p, stop_ids=stop_ids_for(model, tokenizer), seed=seed,
+                           should_stop=stop_string_check(tokenizer, stop))
+    return [cut_at_stop(continuation_text(tokenizer, p, n), stop) for p, n in zip(prompt_ids, new_ids)]
+
+
+def stop_ids_for(model: Transformer, tokenizer, chat: bool = False) -> set[int]:
+    ids = {model.config.eos_token_id, tokenizer.eos_id}
+    if chat:
+        ids.update(tokenizer.stop_ids)
+    return {i for i in ids if i is not None}
+
+
+def stop_string_check(tokenizer, stop: Sequence[str] | None) -> Callable[[int, list[int]], bool] | None:
+    """A `should_stop` that decodes only the tail of the new tokens (long enough for any stop)."""
+    stop = [s for s in (stop or []) if s]
+    if not stop:
+        return None
+    # A character takes at most 4 byte-fallback tokens; one more covers a token cut at the edge.
+    tail = 4 * max(len(s) for s in stop) + 1
+
+    def should_stop(row: int, new: list[int]) -> bool:
+        text = tokenizer.decode(new[-tail:])
+        return any(s in text for s in stop)
+
+    return should_stop
+
+
+def cut_at_stop(text: str, stop: Sequence[str] | None) -> str:
+    cuts = [text.find(s) for s in (stop or []) if s and s in text]
+    return text[:min(cuts)] if cuts else text
+
+
+def continuation_text(tokenizer, prompt_ids: list[int], new_ids: list[int]) -> str:
+    """Decode prompt + continuation and drop the prompt's text, so word-initial spaces survive."""
+    head = tokenizer.decode(prompt_ids)
+    full = tokenizer.decode(list(prompt_ids) + list(new_ids))
+    return full[len(head):] if full.startswith(head) else tokenizer.decode(new_ids)
+
+
+def default_add_bos(tokenizer) -> bool:
+    """tokenizer_config.json's `add_bos_token` if it says; else SentencePiece models get BOS."""
+    config = tokenizer.path.parent / "tokenizer_config.json"
+    if config.is_file():
+        try:
+            value = json.loads(config.read_text(encoding="utf-8")).get("add_bos_token")
+        except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+            value = None
+        if isinstance(value, bool):
+            return value and tokenizer.bos_id is not None
+    return tokenizer.kind == "sentencepiece" and tokenizer.bos_id is not None
