@@ -33,6 +33,8 @@ class MupConfig:
     dim_model_base: int = 256
     scale_depth: float = 1.4
     init_std: float = 0.1
+    # Xmodel-2.5's `mup_output_scale`: logits = output_scale * lm_head(h / m). 1 in MiniCPM/Xmodel-2.
+    output_scale: float = 1.0
     # "coupled": AdamW decays by lr_group * wd, so hidden matrices decay m times less per step
     # (what torch.optim.AdamW does with per-group LRs; MiniCPM's and Xmodel-2's released code).
     # "independent": every group decays by lr_base * wd per step, the same at every width, which
@@ -48,7 +50,7 @@ class MupConfig:
         _check_choice("mup.weight_decay_policy", self.weight_decay_policy, WEIGHT_DECAY_POLICIES)
         _check_choice("mup.norm_lr", self.norm_lr, NORM_LR_POLICIES)
         _check_choice("mup.output_init", self.output_init, OUTPUT_INITS)
-        for name in ("scale_emb", "dim_model_base", "scale_depth", "init_std"):
+        for name in ("scale_emb", "dim_model_base", "scale_depth", "init_std", "output_scale"):
             if not getattr(self, name) > 0:
                 raise UserError(f"mup.{name} must be positive, got {getattr(self, name)!r}")
 
@@ -116,7 +118,9 @@ class ModelConfig:
 
     @property
     def logit_multiplier(self) -> float:
-        return 1.0 / self.width_multiplier
+        if not self.mup.enabled:
+            return 1.0
+        return self.mup.output_scale / self.width_multiplier
 
     @property
     def attention_softmax_scale(self) -> float:
@@ -214,6 +218,7 @@ def to_hf_config(config: ModelConfig) -> dict[str, Any]:
         "dim_model_base": config.mup.dim_model_base,
         "scale_depth": config.mup.scale_depth,
         "initializer_range": config.mup.init_std,
+        "mup_output_scale": config.mup.output_scale,
         "mup_weight_decay_policy": config.mup.weight_decay_policy,
         "mup_norm_lr": config.mup.norm_lr,
         "mup_output_init": config.mup.output_init,
@@ -267,7 +272,9 @@ def from_hf_config(hf: dict[str, Any], source: str = "config.json") -> ModelConf
         rope_theta=float(rope_theta),
         rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
         max_position_embeddings=hf.get("max_position_embeddings", 4096),
-        tie_embeddings=bool(hf.get("tie_word_embeddings", arch != "LlamaForCausalLM")),
+        # Hugging Face's own defaults: Llama and Mistral untied, MiniCPM and Xmodel tied.
+        tie_embeddings=bool(hf.get("tie_word_embeddings",
+                                   arch not in ("LlamaForCausalLM", "MistralForCausalLM"))),
         attention_scale=hf.get("attention_scale", "inv_sqrt_head_dim"),
         bos_token_id=hf.get("bos_token_id"),
         eos_token_id=eos,
@@ -282,29 +289,28 @@ def _mup_from_hf(hf: dict[str, Any], arch: str) -> MupConfig:
                     norm_lr=hf.get("mup_norm_lr", "base"),
                     output_init=hf.get("mup_output_init", "hidden"))
     if "mup_base_width" in hf or "mup_input_scale" in hf:
-        # Xmodel-2.5 names: input scale, output scale (logit multiplier = output_scale / m), and
-        # residual scales given directly rather than as scale_depth / sqrt(L).
+        # Xmodel-2.5 names. Its Megatron code multiplies the embedding by mup_input_scale and the
+        # logits by mup_output_scale / m; the residual scales default to 1.4, MiniCPM's
+        # scale_depth, and are read as such (branch multiplier = scale / sqrt(num_layers)).
         if not hf.get("use_mup", True):
             return MupConfig(enabled=False, init_std=init_std, **policies)
-        layers = hf["num_hidden_layers"]
-        attn_res = hf.get("mup_attention_residual_scale", 1.0)
-        mlp_res = hf.get("mup_ffn_residual_scale", attn_res)
+        attn_res = float(hf.get("mup_attention_residual_scale", 1.4))
+        mlp_res = float(hf.get("mup_ffn_residual_scale", attn_res))
         if abs(attn_res - mlp_res) > 1e-12:
             raise UserError("config.json: different attention and MLP residual scales are "
                             "not supported")
-        if abs(hf.get("mup_output_scale", 1.0) - 1.0) > 1e-12:
-            raise UserError("config.json: mup_output_scale other than 1 is not supported")
-        return MupConfig(enabled=True, scale_emb=float(hf.get("mup_input_scale", 1.0)),
-                         dim_model_base=int(hf["mup_base_width"]),
-                         scale_depth=float(attn_res) * math.sqrt(layers), init_std=init_std,
-                         **policies)
+        return MupConfig(enabled=True, scale_emb=float(hf.get("mup_input_scale", 12.0)),
+                         dim_model_base=int(hf.get("mup_base_width", 256)),
+                         scale_depth=attn_res, init_std=init_std,
+                         output_scale=float(hf.get("mup_output_scale", 1.0)), **policies)
     if "scale_emb" in hf or "dim_model_base" in hf or "scale_depth" in hf:
         if not hf.get("use_mup", True):
             return MupConfig(enabled=False, init_std=init_std, **policies)
         return MupConfig(enabled=True, scale_emb=float(hf.get("scale_emb", 1.0)),
                          dim_model_base=int(hf.get("dim_model_base", hf["hidden_size"])),
                          scale_depth=float(hf.get("scale_depth", math.sqrt(hf["num_hidden_layers"]))),
-                         init_std=init_std, **policies)
+                         init_std=init_std, output_scale=float(hf.get("mup_output_scale", 1.0)),
+                         **policies)
     return MupConfig(enabled=False, init_std=init_std, **policies)
 
 
