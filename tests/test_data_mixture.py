@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from xmodel2.data import MixtureDataset, SequentialDataset, ShardReader, SourceSpec, corpus_file, prepare
+from xmodel2.data import MixtureDataset, SequentialDataset, ShardReader, SourceSpec, corpus_file
 from xmodel2.data.corpus import CORPUS_DIR
 from xmodel2.data.mixture import permute
+from xmodel2.data.prepare import prepare
 from xmodel2.errors import UserError
 from xmodel2.tokenizer.train import MIN_LEARNED_PIECES, RESERVED_PIECES, train_tokenizer
 

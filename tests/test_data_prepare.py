@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from xmodel2.cli import main
-from xmodel2.data import ShardReader, corpus_file, prepare
-from xmodel2.data.prepare import staging_dir
+from xmodel2.data import ShardReader, corpus_file
+from xmodel2.data.prepare import prepare, staging_dir
 from xmodel2.errors import UserError
 from xmodel2.tokenizer import load_tokenizer
 from xmodel2.tokenizer.train import MIN_LEARNED_PIECES, RESERVED_PIECES, train_tokenizer

@@ -121,7 +121,8 @@ def _encode_chunk(job: tuple[int, bytes, list[str], str, str]) -> int:
     index, digest, texts, staging, dtype_name = job
     ids = _worker_tokenizer.encode_batch(texts, add_eos=True)
     lengths = np.fromiter((len(x) for x in ids), dtype="<u8", count=len(ids))
-    tokens = np.fromiter((t for x in ids for t in x), dtype=numpy_dtype(dtype_name), count=int(lengths.sum()))
+    dtype = numpy_dtype(dtype_name)
+    tokens = np.concatenate([np.asarray(x, dtype=dtype) for x in ids]) if ids else np.empty(0, dtype)
     header = _PART_MAGIC + digest + np.array([len(ids), tokens.size], "<u8").tobytes()
     atomic_write_bytes(_part_path(Path(staging), index), header + lengths.tobytes() + tokens.tobytes())
     return int(tokens.size)
