@@ -1,0 +1,138 @@
+"""Our model vs transformers' LlamaForCausalLM on the same shapes and weights (both eager).
+
+Training: forward + backward tokens/s in fp32 and with bf16 autocast. Decoding: greedy tokens/s at
+batch 1 (our KV-cache loop vs `generate`). Each figure is the median of --repeats timed runs after
+a warm-up; ratios (ours / transformers) come last and everything is written as JSON.
+
+    python benchmarks/model_speed.py --preset nano --out benchmarks/model_speed.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from contextlib import nullcontext
+
+import torch
+import torch.nn.functional as F
+
+
+def build_pair(preset_name: str, vocab: int, seed: int):
+    import transformers
+
+    from xmodel2.interop.llama import fold_mup, llama_config
+    from xmodel2.model.config import preset
+    from xmodel2.model.folder import build_model
+
+    config = preset(preset_name, vocab_size=vocab)
+    ours = build_model(config, seed=seed)
+    # transformers gets the same function: μP folded into plain Llama weights.
+    tensors, tied = fold_mup(config, dict(ours.state_dict()))
+    hf_config = transformers.LlamaConfig(**{k: v for k, v in llama_config(config, tied).items()
+                                            if k not in ("architectures", "model_type")})
+    theirs = transformers.LlamaForCausalLM(hf_config)
+    theirs.load_state_dict(tensors, strict=not tied)
+    return config, ours, theirs
+
+
+def timed(fn, repeats: int) -> list[float]:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def train_step(model, logits_of, ids, targets, autocast: bool):
+    context = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else nullcontext()
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        with context:
+            logits = logits_of(model, ids)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+        loss.backward()
+    return step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="nano")
+    parser.add_argument("--vocab", type=int, default=65280)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--seq", type=int, default=256)
+    parser.add_argument("--prompt", type=int, default=32)
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--out", default="benchmarks/model_speed.json")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from xmodel2.model.generate import generate_ids
+
+    config, ours, theirs = build_pair(args.preset, args.vocab, seed=0)
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, args.vocab, (args.batch, args.seq), generator=gen)
+    targets = torch.randint(0, args.vocab, (args.batch, args.seq), generator=gen)
+    tokens = args.batch * args.seq
+    results: dict = {"preset": args.preset, "vocab": args.vocab, "batch": args.batch, "seq": args.seq,
+                     "threads": torch.get_num_threads(), "torch": torch.__version__,
+                     "machine": platform.processor() or platform.machine(), "train_tokens_per_s": {},
+                     "decode_tokens_per_s": {}}
+
+    ours_logits = lambda m, x: m(x)  # noqa: E731
+    theirs_logits = lambda m, x: m(x).logits  # noqa: E731
+    for precision, autocast in (("fp32", False), ("bf16_autocast", True)):
+        for name, model, logits_of in (("ours", ours, ours_logits), ("transformers", theirs, theirs_logits)):
+            model.train()
+            times = timed(train_step(model, logits_of, ids, targets, autocast), args.repeats)
+            results["train_tokens_per_s"][f"{name}_{precision}"] = tokens / statistics.median(times)
+            print(f"train {precision:14s} {name:12s} {tokens / statistics.median(times):10.0f} tok/s")
+
+    prompt = torch.randint(0, args.vocab, (1, args.prompt), generator=gen)
+    ours.eval()
+    theirs.eval()
+    new = args.new_tokens
+
+    def ours_decode():
+        out = generate_ids(ours, [prompt[0].tolist()], new)
+        assert len(out[0]) == new
+
+    def theirs_decode():
+        with torch.inference_mode():
+            out = theirs.generate(prompt, max_new_tokens=new, min_new_tokens=new, do_sample=False,
+                                  eos_token_id=None, pad_token_id=0)
+        assert out.shape[1] == args.prompt + new
+
+    same = generate_ids(ours, [prompt[0].tolist()], 16)[0]
+    with torch.inference_mode():
+        ref = theirs.generate(prompt, max_new_tokens=16, do_sample=False, eos_token_id=None,
+                              pad_token_id=0)[0, args.prompt:].tolist()
+    results["decode_same_greedy_tokens"] = same == ref
+    for name, fn in (("ours", ours_decode), ("transformers", theirs_decode)):
+        times = timed(fn, args.repeats)
+        results["decode_tokens_per_s"][name] = new / statistics.median(times)
+        print(f"decode batch 1     {name:12s} {new / statistics.median(times):10.1f} tok/s")
+
+    train, decode = results["train_tokens_per_s"], results["decode_tokens_per_s"]
+    results["ratios"] = {
+        "train_fp32": train["ours_fp32"] / train["transformers_fp32"],
+        "train_bf16_autocast": train["ours_bf16_autocast"] / train["transformers_bf16_autocast"],
+        "decode": decode["ours"] / decode["transformers"],
+    }
+    print(f"greedy tokens identical: {results['decode_same_greedy_tokens']}")
+    for key, value in results["ratios"].items():
+        print(f"ratio ours/transformers {key:20s} {value:5.2f}x")
+    with open(args.out, "w", encoding="utf-8") as handle:
+        json.dump(results, handle, indent=2)
+
+
+if __name__ == "__main__":
+    main()
