@@ -20,11 +20,18 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -50,6 +57,8 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = True) -> Iterato
     tmp.mkdir()
     try:
         yield tmp
+        for item in [tmp, *tmp.rglob("*")]:  # files copied or made by mkstemp may be 0600
+            os.chmod(item, (0o777 if item.is_dir() else 0o666) & ~_umask())
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
