@@ -52,6 +52,10 @@ def _collect_lines(node: yaml.Node, prefix: str, lines: dict[str, int]) -> None:
             _collect_lines(item, f"{prefix}{index}.", lines)
 
 
+def overridden_keys(overrides: list[str]) -> set[str]:
+    return {item[2:].split("=", 1)[0] for item in overrides if item.startswith("--")}
+
+
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """Apply `--a.b=value` / `--a.b value` overrides; values are parsed as YAML scalars."""
     data = _deep_copy(data)
@@ -153,6 +157,11 @@ def _convert(hint: Any, value: Any, dotted: str, lines: dict, source: str) -> An
     if hint is Any:
         return value
     if hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e30" (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise _error(dotted, f"{dotted} must be a number, got {value!r}", lines, source)
         return float(value)

@@ -16,12 +16,12 @@ from pathlib import Path
 import torch
 
 from xmodel2.errors import UserError
-from xmodel2.fileio import atomic_write_json
+from xmodel2.fileio import atomic_write_json, read_json
 from xmodel2.model.config import ModelConfig
 from xmodel2.model.folder import build_model
 from xmodel2.model.mup import build_optimizer
 from xmodel2.train import flops
-from xmodel2.train.checkpoint import latest_checkpoint, load_checkpoint
+from xmodel2.train.checkpoint import STATE_FILE, latest_checkpoint, load_checkpoint
 from xmodel2.train.hardware import measure_matmul_flops, pick_device
 from xmodel2.train.metrics import MetricsLogger
 from xmodel2.train.runconfig import RunConfig, model_config
@@ -237,11 +237,12 @@ def _restore(out_dir: Path, init_from, model, optimizer, config: ModelConfig) ->
             raise UserError(f"{source}: checkpoint folder not found")
     if source is None:
         return 0, 0
-    saved = load_checkpoint(source, model, optimizer)
-    saved_model = saved.run_config.get("resolved_model")
+    meta = read_json(source / STATE_FILE, "trainer state")
+    saved_model = (meta.get("run_config") or {}).get("resolved_model")
     if saved_model is not None and saved_model != config.to_dict():
         raise UserError(f"{source}: the checkpoint's model config differs from this run's; "
                         "use a new --out folder or the same model settings")
+    saved = load_checkpoint(source, model, optimizer)
     say(f"xmodel2: resuming from {source} (step {saved.step}, {saved.tokens:,} tokens)")
     return saved.step, saved.tokens
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from xmodel2.configfile import apply_overrides, load_sections, read_yaml, to_plain
+from xmodel2.configfile import apply_overrides, overridden_keys, load_sections, read_yaml, to_plain
 from xmodel2.errors import UserError
 from xmodel2.model.config import ModelConfig, MupConfig, preset, reject_unknown_keys
 
@@ -174,6 +174,8 @@ def load_run_config(path: str | Path | None, overrides: list[str]) -> RunConfig:
     path = Path(path) if path is not None else DEFAULT_CONFIG
     data, lines = read_yaml(path)
     data = apply_overrides(data, overrides)
+    for key in overridden_keys(overrides):  # errors in overridden values are not the file's
+        lines.pop(key, None)
     data.setdefault("base_dir", str(_base_dir_for(path)))
     run = load_sections(RunConfig, data, lines=lines, source=str(path))
     validate(run)
