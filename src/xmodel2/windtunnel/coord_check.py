@@ -291,3 +291,20 @@ def _settings_dict(settings: CoordCheckSettings) -> dict:
     out["text"] = str(settings.text) if settings.text else None
     out["optimizer"] = "AdamW from xmodel2.model.mup.build_optimizer, no clipping"
     return out
+
+
+def write_outputs(result: dict, out_dir: Path) -> list[Path]:
+    """coord_check.json, coord_check.txt (the table) and one PNG per arm, each written atomically."""
+    from xmodel2.fileio import atomic_write_json, atomic_write_text
+    from xmodel2.windtunnel.coord_plot import plot_arm
+    from xmodel2.windtunnel.coord_report import format_table
+
+    out_dir = Path(out_dir)
+    written = [out_dir / "coord_check.json", out_dir / "coord_check.txt"]
+    atomic_write_json(written[0], result)
+    atomic_write_text(written[1], format_table(result) + "\n")
+    for name in result["arms"]:
+        path = out_dir / f"coord_check_{name}.png"
+        plot_arm(result, name, path)
+        written.append(path)
+    return written
