@@ -19,6 +19,11 @@ The rule (issue 4), applied to every arm alike:
 
 The subject (μP) must pass every check and each negative control (`arms.py`) must fail at least
 one; a control that passes makes the whole check inconclusive.
+
+The depth sweep applies the same rule to the first and last blocks. MiniCPM's depth rule (branch
+multiplier scale_depth/sqrt(L), hidden LR not depth-scaled) keeps the init flat but not the Adam
+updates: the L branches move together, so the last block's residual update grows with depth. A
+depth-sweep FAIL is therefore a statement about that recipe, not a bug in the check.
 """
 
 from __future__ import annotations
