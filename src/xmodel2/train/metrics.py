@@ -77,3 +77,40 @@ def read_metrics(path: str | Path) -> list[dict]:
         except json.JSONDecodeError:
             continue
     return records
+
+
+class Progress:
+    """Progress on the console: a tqdm bar on a terminal, one plain line per logged step otherwise
+    (a bar redrawn into a log file is unreadable)."""
+
+    def __init__(self, total: int, initial: int, logger: MetricsLogger, desc: str = "pretrain") -> None:
+        import sys
+        import time
+
+        self.total, self.done, self.logger = total, initial, logger
+        self.start_step, self.started = initial, time.perf_counter()
+        self.bar = None
+        self.stream = sys.stderr
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True)
+
+    def update(self, logged: bool) -> None:
+        import time
+
+        self.done += 1
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix_str(self.logger.postfix())
+            return
+        if logged:
+            elapsed = time.perf_counter() - self.started
+            rate = (self.done - self.start_step) / elapsed if elapsed > 0 else 0.0
+            eta = (self.total - self.done) / rate if rate > 0 else 0.0
+            print(f"step {self.done}/{self.total} | {self.logger.postfix()} | "
+                  f"ETA {int(eta // 60)}:{int(eta % 60):02d}", file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

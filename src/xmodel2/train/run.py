@@ -23,7 +23,7 @@ from xmodel2.model.mup import build_optimizer
 from xmodel2.train import flops
 from xmodel2.train.checkpoint import STATE_FILE, latest_checkpoint, load_checkpoint
 from xmodel2.train.hardware import measure_matmul_flops, pick_device
-from xmodel2.train.metrics import MetricsLogger
+from xmodel2.train.metrics import MetricsLogger, Progress
 from xmodel2.train.runconfig import RunConfig, model_config
 from xmodel2.train.schedule import BatchSchedule, WSDSchedule, accumulation_steps
 from xmodel2.train.trainer import LoopSettings, Trainer, evaluate_loss
@@ -211,12 +211,7 @@ def run_pretraining(run: RunConfig, out_dir: str | Path, init_from: str | Path |
     say(f"xmodel2: {config.num_parameters():,} parameters ({config.num_parameters(False):,} "
         f"non-embedding), {settings.flops_per_token / 1e6:.1f} MFLOP/token, device {device}, "
         f"{run.train.precision}, matmul peak {peak / 1e9:.0f} GFLOP/s")
-    progress = None
-    if show_progress:
-        from tqdm import tqdm
-
-        progress = tqdm(total=run.train.steps, initial=start_step, desc="pretrain", unit="step",
-                        dynamic_ncols=True, file=sys.stderr)
+    progress = Progress(run.train.steps, start_step, logger) if show_progress else None
     try:
         trainer.run(progress)
     finally:

@@ -154,7 +154,6 @@ class Trainer:
             if record is not None:
                 self.logger.log(record)
             if progress is not None:
-                progress.update(1)
-                progress.set_postfix_str(self.logger.postfix())
+                progress.update(logged=record is not None)
             if self.step % s.checkpoint_every == 0 or self.step == s.total_steps:
                 self.checkpoint()
