@@ -39,8 +39,9 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from xmodel2.errors import UserError
+    from xmodel2.eval.registry import check_spec
     from xmodel2.eval.report import as_json, table
-    from xmodel2.eval.runner import Outcome, Settings, run_task
+    from xmodel2.eval.runner import SPECIAL, Outcome, Settings, run_task
     from xmodel2.eval.scoring import Scorer
     from xmodel2.fileio import atomic_write_json
     from xmodel2.model.folder import load_model_folder
@@ -53,6 +54,9 @@ def run(args: argparse.Namespace) -> int:
                         ("--stride", args.stride), ("--scaling-length", args.scaling_length)):
         if value is not None and value < 1:
             raise UserError(f"{name} must be at least 1 (got {value})")
+    for spec in specs:
+        if spec not in SPECIAL and not spec.startswith("ppl:"):
+            check_spec(spec)
     if args.shots is not None and args.shots < 0:
         raise UserError(f"--shots must be 0 or more (got {args.shots})")
     plots = Path(args.plots) if args.plots else Path(args.output).parent if args.output else None

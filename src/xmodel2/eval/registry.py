@@ -23,12 +23,22 @@ def sample_path(name: str) -> Path:
     return SAMPLES_DIR / f"{name}.jsonl"
 
 
+def check_spec(spec: str) -> None:
+    """Fail fast (before a model loads) on a malformed task name or a missing task file."""
+    if spec.endswith((".jsonl", ".jsonl.gz")):
+        if not Path(spec).is_file():
+            raise UserError(f"{spec}: task file not found")
+        return
+    variant = spec.partition(":")[2]
+    if variant not in ("", "sample", "test"):
+        raise UserError(f"task {spec!r}: unknown variant {variant!r} (use NAME, NAME:test or NAME:sample)")
+
+
 def load_task(spec: str, shots: int | None = None) -> Task:
+    check_spec(spec)
     if spec.endswith((".jsonl", ".jsonl.gz")):
         return load_local_task(spec, shots or 0)
     name, _, variant = spec.partition(":")
-    if variant not in ("", "sample", "test"):
-        raise UserError(f"task {spec!r}: unknown variant {variant!r} (use NAME, NAME:test or NAME:sample)")
     if variant == "sample" or (variant == "" and olmo_tasks.package_dir() is None):
         path = sample_path(name)
         if not path.is_file():

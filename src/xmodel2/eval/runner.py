@@ -19,6 +19,8 @@ import numpy as np
 from xmodel2.eval.metrics import Metric
 from xmodel2.eval.scoring import Scorer
 
+SPECIAL = ("wikitext", "calibration", "scaling_law", "humaneval")  # and ppl:PATH
+
 
 @dataclass
 class Settings:
