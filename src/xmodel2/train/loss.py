@@ -1,8 +1,10 @@
 """Next-token cross-entropy from final hidden states.
 
-For a 65,280-piece vocabulary the fp32 logits of a (batch x seq) block dominate activation memory,
-so the loss is computed over row chunks: each chunk's logits exist only inside a checkpointed
-function and are recomputed in the backward pass, so at most one chunk of logits is alive.
+For a 65,280-piece vocabulary the fp32 logits of a (batch x seq) block dominate activation memory
+(4,096 tokens x 65,280 x 4 bytes = 1 GiB), so when they would exceed LOGIT_CHUNK_ELEMENTS the loss
+is computed over row chunks: each chunk's logits exist only inside a checkpointed function and are
+recomputed in the backward pass, so at most one chunk of logits is alive. Small vocabularies take
+the single-chunk path and pay nothing for it.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from torch.utils.checkpoint import checkpoint
 from xmodel2.model.transformer import Transformer
 
 IGNORE_INDEX = -100
+LOGIT_CHUNK_ELEMENTS = 2**26  # 256 MiB of fp32 logits
 
 
 def _chunk_loss_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
@@ -24,18 +27,23 @@ def _chunk_loss_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
     return F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, reduction="sum")
 
 
-def next_token_loss(model: Transformer, input_ids: torch.Tensor, targets: torch.Tensor,
-                    chunk_rows: int = 4096) -> torch.Tensor:
-    """Mean cross-entropy over target tokens that are not IGNORE_INDEX."""
-    hidden = model.hidden_states(input_ids)
-    return hidden_loss(model, hidden, targets, chunk_rows)
+def next_token_loss(model: torch.nn.Module, input_ids: torch.Tensor, targets: torch.Tensor,
+                    chunk_rows: int | None = None) -> torch.Tensor:
+    """Mean cross-entropy over target tokens that are not IGNORE_INDEX.
+
+    `model` may be a `Transformer` or `torch.compile(transformer)`.
+    """
+    hidden = model(input_ids, output_hidden=True)
+    return hidden_loss(getattr(model, "_orig_mod", model), hidden, targets, chunk_rows)
 
 
 def hidden_loss(model: Transformer, hidden: torch.Tensor, targets: torch.Tensor,
-                chunk_rows: int = 4096) -> torch.Tensor:
+                chunk_rows: int | None = None) -> torch.Tensor:
     hidden = hidden.reshape(-1, hidden.shape[-1])
     targets = targets.reshape(-1)
     weight = model.output_weight
+    if chunk_rows is None:
+        chunk_rows = max(256, LOGIT_CHUNK_ELEMENTS // weight.shape[0])
     count = (targets != IGNORE_INDEX).sum().clamp(min=1)
     if hidden.shape[0] <= chunk_rows or not torch.is_grad_enabled():
         total = _chunk_loss_sum(hidden, weight, targets, model.logit_multiplier)
