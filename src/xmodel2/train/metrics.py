@@ -9,13 +9,19 @@ from pathlib import Path
 
 
 class MetricsLogger:
-    def __init__(self, out_dir: str | Path, resume_step: int = 0, tensorboard: bool = True) -> None:
+    """`write=False` (every rank but 0 under torchrun) keeps the last values in memory only."""
+
+    def __init__(self, out_dir: str | Path, resume_step: int = 0, tensorboard: bool = True,
+                 write: bool = True) -> None:
         self.path = Path(out_dir) / "metrics.jsonl"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._drop_after(resume_step)
+        self.write = write
         self.last: dict = {}
         self.last_val: float | None = None
         self.writer = None
+        if not write:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._drop_after(resume_step)
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -38,11 +44,13 @@ class MetricsLogger:
         self.path.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
 
     def log(self, record: dict) -> None:
-        with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
         self.last = record
         if "val_loss" in record:
             self.last_val = record["val_loss"]
+        if not self.write:
+            return
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
         if self.writer is not None:
             step = record["step"]
             for key, value in record.items():

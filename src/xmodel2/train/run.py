@@ -4,6 +4,11 @@
 tokenizer or shard folder that already exists with the right fingerprint is reused), and the run
 resumes from the newest complete checkpoint in its output folder, so re-running the same command
 after a kill continues exactly where the last checkpoint left off.
+
+Under torchrun the same function runs on every rank: rank 0 prepares the tokenizer and shards
+while the others wait, each rank takes its contiguous share of every global batch, and only
+rank 0 prints, logs and writes the model folder (the output folder must be on a file system
+every rank sees, since each rank also writes its optimizer shard into the checkpoint).
 """
 
 from __future__ import annotations
@@ -18,10 +23,11 @@ import torch
 from xmodel2.errors import UserError
 from xmodel2.fileio import atomic_write_json, read_json
 from xmodel2.model.config import ModelConfig
-from xmodel2.model.folder import build_model
+from xmodel2.model.folder import WEIGHTS_NAME, build_model, load_state_into, read_safetensors
 from xmodel2.model.mup import build_optimizer
-from xmodel2.train import flops
-from xmodel2.train.checkpoint import STATE_FILE, latest_checkpoint, load_checkpoint
+from xmodel2.train import distributed, flops
+from xmodel2.train.checkpoint import STATE_FILE, latest_checkpoint
+from xmodel2.train.dist_checkpoint import restore_optimizer
 from xmodel2.train.hardware import measure_matmul_flops, pick_device
 from xmodel2.train.metrics import MetricsLogger, Progress
 from xmodel2.train.runconfig import RunConfig, model_config
@@ -48,7 +54,8 @@ class RunResult:
 
 
 def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    if distributed.is_main_process():
+        print(message, file=sys.stderr, flush=True)
 
 
 # ---- preparation -----------------------------------------------------------------------------------
@@ -152,56 +159,92 @@ def stage_at(plans: list[StagePlan], step: int) -> StagePlan:
 
 def run_pretraining(run: RunConfig, out_dir: str | Path, init_from: str | Path | None = None,
                     show_progress: bool = True) -> RunResult:
-    out_dir = Path(out_dir)
+    if not distributed.launched_by_torchrun():
+        return _run(run, Path(out_dir), init_from, show_progress, pick_device(run.train.device))
+    device = distributed.init_distributed(run.train.device)
+    try:
+        return _run(run, Path(out_dir), init_from, show_progress, device)
+    finally:
+        distributed.shutdown_distributed()
+
+
+def _run(run: RunConfig, out_dir: Path, init_from: str | Path | None, show_progress: bool,
+         device: torch.device) -> RunResult:
+    world, rank = distributed.world_size(), distributed.rank()
+    if distributed.is_distributed() and world > 1 and run.parallel.strategy == "none":
+        raise UserError(f"parallel.strategy=none cannot train on {world} ranks; use ddp or fsdp")
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(run.train.seed)
-    tokenizer_path = prepare_tokenizer(run, out_dir)
     from xmodel2.tokenizer import load_tokenizer
 
+    with distributed.main_process_first():  # one rank prepares; the others find it done
+        tokenizer_path = prepare_tokenizer(run, out_dir)
+        shard_dirs = prepare_sources(run, out_dir, tokenizer_path)
     tokenizer = load_tokenizer(tokenizer_path)
-    shard_dirs = prepare_sources(run, out_dir, tokenizer_path)
     config = model_config(run, tokenizer.vocab_size)
     if tokenizer.vocab_size > config.vocab_size:
         raise UserError(f"model.vocab_size={config.vocab_size} is smaller than the tokenizer's "
                         f"{tokenizer.vocab_size} pieces")
     config = config.replace(bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id,
                             pad_token_id=tokenizer.pad_id)
-    device = pick_device(run.train.device)
     batches = batch_schedule(run)
+    for _, size in batches.segments:
+        try:
+            accumulation_steps(size, run.train.micro_batch_size, world)
+        except ValueError:
+            raise UserError(f"train.batch_size: a global batch of {size} sequences does not split into "
+                            f"micro-batches of {run.train.micro_batch_size} on {world} rank(s)") from None
     schedule = lr_schedule(run)
     plans = plan_stages(run, shard_dirs, batches)
     for plan in plans:
         say(f"xmodel2: stage {plan.name!r}, steps {plan.start}-{plan.end - 1}\n{plan.dataset.describe()}")
 
     model = build_model(config, seed=run.train.seed).to(device)
+    source = _resume_source(out_dir, init_from, config)
+    if source is not None:  # full weights go in before any sharding
+        load_state_into(model, read_safetensors(source / WEIGHTS_NAME), str(source))
+    loss_module, compiled = _wrap(model, run, device)
     optimizer = build_optimizer(model, config, lr=run.train.lr, weight_decay=run.train.weight_decay,
                                 betas=(run.train.beta1, run.train.beta2), eps=run.train.eps,
                                 implementation=run.train.optimizer_impl)
     resolved = run.to_dict() | {"resolved_model": config.to_dict()}
-    start_step, start_tokens = _restore(out_dir, init_from, model, optimizer, config)
+    start_step, start_tokens = 0, 0
+    if source is not None:
+        restore_optimizer(source, model, optimizer)
+        meta = read_json(source / STATE_FILE, "trainer state")
+        start_step, start_tokens = int(meta["step"]), int(meta["tokens"])
+        say(f"xmodel2: resuming from {source} (step {start_step}, {start_tokens:,} tokens)")
+
+    def accumulation(step: int) -> int:
+        return accumulation_steps(batches.size(step), run.train.micro_batch_size, world)
 
     def micro_batch(step: int, micro: int) -> torch.Tensor:
+        # Rank r's micro-batches are the r-th contiguous share of the step's global batch.
         plan = stage_at(plans, step)
-        first = batches.offset(step) - batches.offset(plan.start) + micro * run.train.micro_batch_size
+        index = rank * accumulation(step) + micro
+        first = batches.offset(step) - batches.offset(plan.start) + index * run.train.micro_batch_size
         return plan.dataset.sequences(range(first, first + run.train.micro_batch_size))
 
     val_blocks = _validation_blocks(run, shard_dirs)
     peak = measure_matmul_flops(torch.bfloat16 if run.train.precision == "bf16" else torch.float32, device)
     settings = LoopSettings(
         total_steps=run.train.steps,
-        accumulation=lambda step: accumulation_steps(batches.size(step), run.train.micro_batch_size),
+        accumulation=accumulation,
         tokens_per_micro_batch=run.train.micro_batch_size * run.data.seq_len,
         grad_clip=run.train.grad_clip, precision=run.train.precision, log_every=run.train.log_every,
         val_every=run.train.val_every, checkpoint_every=run.checkpoint.every,
         checkpoint_keep=run.checkpoint.keep,
-        flops_per_token=flops.training_flops_per_token(config, run.data.seq_len), peak_flops=peak)
-    logger = MetricsLogger(out_dir, resume_step=start_step)
-    compiled = torch.compile(model) if run.train.compile else None
+        flops_per_token=flops.training_flops_per_token(config, run.data.seq_len),
+        peak_flops=peak * world, world_size=world)
+    main = distributed.is_main_process()
+    logger = MetricsLogger(out_dir, resume_step=start_step, write=main)
     trainer = Trainer(model, optimizer, settings, micro_batch, schedule.factor, run.train.lr, out_dir,
                       resolved, logger, device, validation=val_blocks, tokenizer_dir=tokenizer_path,
-                      compiled_model=compiled, stage_of=lambda s: stage_at(plans, s).name)
+                      compiled_model=compiled, stage_of=lambda s: stage_at(plans, s).name,
+                      loss_module=loss_module)
     trainer.step, trainer.tokens = start_step, start_tokens
-    atomic_write_json(out_dir / "run_config.json", resolved)
+    if main:
+        atomic_write_json(out_dir / "run_config.json", resolved)
 
     val_start = None
     if start_step == 0 and val_blocks:
@@ -210,8 +253,9 @@ def run_pretraining(run: RunConfig, out_dir: str | Path, init_from: str | Path |
                     "stage": plans[0].name})
     say(f"xmodel2: {config.num_parameters():,} parameters ({config.num_parameters(False):,} "
         f"non-embedding), {settings.flops_per_token / 1e6:.1f} MFLOP/token, device {device}, "
-        f"{run.train.precision}, matmul peak {peak / 1e9:.0f} GFLOP/s")
-    progress = Progress(run.train.steps, start_step, logger) if show_progress else None
+        f"{run.train.precision}, matmul peak {peak / 1e9:.0f} GFLOP/s"
+        + (f" per rank, {world} ranks ({run.parallel.strategy})" if distributed.is_distributed() else ""))
+    progress = Progress(run.train.steps, start_step, logger) if show_progress and main else None
     try:
         trainer.run(progress)
     finally:
@@ -223,23 +267,36 @@ def run_pretraining(run: RunConfig, out_dir: str | Path, init_from: str | Path |
                      val_loss_end=logger.last_val, test_perplexity=None, sample=None)
 
 
-def _restore(out_dir: Path, init_from, model, optimizer, config: ModelConfig) -> tuple[int, int]:
-    """Resume from this run's newest checkpoint, else branch from `init_from`, else start fresh."""
+def _resume_source(out_dir: Path, init_from, config: ModelConfig) -> Path | None:
+    """This run's newest checkpoint, else `init_from` to branch from, else None (a fresh start)."""
     source = latest_checkpoint(out_dir)
     if source is None and init_from is not None:
         source = Path(init_from)
         if not source.is_dir():
             raise UserError(f"{source}: checkpoint folder not found")
     if source is None:
-        return 0, 0
+        return None
     meta = read_json(source / STATE_FILE, "trainer state")
     saved_model = (meta.get("run_config") or {}).get("resolved_model")
     if saved_model is not None and saved_model != config.to_dict():
         raise UserError(f"{source}: the checkpoint's model config differs from this run's; "
                         "use a new --out folder or the same model settings")
-    saved = load_checkpoint(source, model, optimizer)
-    say(f"xmodel2: resuming from {source} (step {saved.step}, {saved.tokens:,} tokens)")
-    return saved.step, saved.tokens
+    return source
+
+
+def _wrap(model, run: RunConfig, device: torch.device):
+    """(loss module, compiled model) for the trainer: distributed, `parallelize` does it all
+    (compiling per block); a plain process keeps the model and compiles it whole."""
+    if distributed.is_distributed():
+        strategy = run.parallel.strategy
+        loss_module = distributed.parallelize(
+            model, strategy, device, activation_checkpointing=run.parallel.activation_checkpointing,
+            compile_blocks=run.train.compile,
+            bf16_params=strategy == "fsdp" and device.type == "cuda" and run.train.precision == "bf16")
+        return loss_module, None
+    if run.parallel.activation_checkpointing:
+        distributed.apply_activation_checkpointing(model)
+    return None, torch.compile(model) if run.train.compile else None
 
 
 def _validation_blocks(run: RunConfig, shard_dirs: dict[str, Path]) -> list[torch.Tensor]:

@@ -92,6 +92,18 @@ class TrainSection:
 
 
 @dataclass
+class ParallelSection:
+    """How ranks share the work under torchrun; a plain single process trains the model as is."""
+
+    strategy: str = "ddp"  # ddp (replicated weights) or fsdp (FSDP2: weights, grads, optimizer sharded)
+    activation_checkpointing: bool = False  # recompute each block in backward (less memory)
+
+    def __post_init__(self) -> None:
+        if self.strategy not in ("none", "ddp", "fsdp"):
+            raise ValueError(f"strategy must be none, ddp or fsdp, got {self.strategy!r}")
+
+
+@dataclass
 class CheckpointSection:
     every: int = 200
     keep: int = 3  # newest checkpoints kept (0 keeps all)
@@ -111,6 +123,7 @@ class RunConfig:
     data: DataSection = field(default_factory=DataSection)
     train: TrainSection = field(default_factory=TrainSection)
     stages: list[StageSection] = field(default_factory=list)
+    parallel: ParallelSection = field(default_factory=ParallelSection)
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
     finish: FinishSection = field(default_factory=FinishSection)
     base_dir: str = "."  # folder that relative input paths are resolved against

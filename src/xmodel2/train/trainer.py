@@ -2,7 +2,10 @@
 
 The loop is generic: it asks `batch_for_step(step, micro_index)` for data (a pure function of the
 step, so resume and any world size read the same data), `lr_factor(step)` for the schedule, and
-reports every logged step to the `MetricsLogger`. Everything that writes files happens here in
+reports every logged step to the `MetricsLogger`. Under torchrun every rank runs this same loop on
+its own micro-batches; `loss_module` is then the DDP- or FSDP-wrapped loss (distributed.py),
+gradients are reduced across ranks on each step's last micro-batch only, and the logged loss is
+the mean over ranks, i.e. over the whole global batch. Everything that writes files happens here in
 one place, after the optimizer step, so a kill at any moment loses at most the steps since the
 last checkpoint and never corrupts one.
 """
@@ -22,7 +25,9 @@ from xmodel2.errors import UserError
 from xmodel2.model.mup import set_learning_rate
 from xmodel2.model.transformer import Transformer
 from xmodel2.train.checkpoint import TrainingState, save_checkpoint
-from xmodel2.train.loss import next_token_loss
+from xmodel2.train.dist_checkpoint import save_sharded_checkpoint
+from xmodel2.train.distributed import (LossModule, all_reduce_mean, clip_grad_norm, gradient_sync,
+                                       is_distributed)
 
 
 class TrainingDiverged(UserError):
@@ -32,7 +37,7 @@ class TrainingDiverged(UserError):
 @dataclass
 class LoopSettings:
     total_steps: int
-    accumulation: Callable[[int], int]  # micro-batches at a step
+    accumulation: Callable[[int], int]  # micro-batches at a step, on each rank
     tokens_per_micro_batch: int
     grad_clip: float
     precision: str  # "bf16" or "fp32"
@@ -41,7 +46,8 @@ class LoopSettings:
     checkpoint_every: int
     checkpoint_keep: int
     flops_per_token: float
-    peak_flops: float
+    peak_flops: float  # of all ranks together
+    world_size: int = 1
 
 
 def autocast_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
@@ -50,21 +56,28 @@ def autocast_context(precision: str, device: torch.device) -> contextlib.Abstrac
     return contextlib.nullcontext()
 
 
-@torch.no_grad()
 def evaluate_loss(model: Transformer, batches: list[torch.Tensor], precision: str,
                   device: torch.device) -> float:
     """Mean next-token loss over held-out (n, seq+1) token blocks."""
-    was_training = model.training
-    model.eval()
+    return mean_loss(LossModule(model), batches, precision, device)
+
+
+@torch.no_grad()
+def mean_loss(loss_module: torch.nn.Module, batches: list[torch.Tensor], precision: str,
+              device: torch.device) -> float:
+    """Token-weighted mean of a loss module over (n, seq+1) blocks. Distributed, every rank
+    evaluates every block (FSDP needs all ranks in each forward), so all get the same value."""
+    was_training = loss_module.training
+    loss_module.eval()
     total, count = 0.0, 0
     for block in batches:
         block = block.to(device)
         with autocast_context(precision, device):
-            loss = next_token_loss(model, block[:, :-1], block[:, 1:])
+            loss = loss_module(block[:, :-1], block[:, 1:])
         n = block[:, 1:].numel()
         total += loss.item() * n
         count += n
-    model.train(was_training)
+    loss_module.train(was_training)
     return total / max(1, count)
 
 
@@ -73,9 +86,10 @@ class Trainer:
                  batch_for_step: Callable[[int, int], torch.Tensor], lr_factor: Callable[[int], float],
                  base_lr: float, out_dir: Path, run_config: dict, logger, device: torch.device,
                  validation: list[torch.Tensor] | None = None, tokenizer_dir: Path | None = None,
-                 compiled_model: torch.nn.Module | None = None, stage_of: Callable[[int], str] = lambda s: "") -> None:
+                 compiled_model: torch.nn.Module | None = None, stage_of: Callable[[int], str] = lambda s: "",
+                 loss_module: torch.nn.Module | None = None) -> None:
         self.model = model
-        self.forward_model = compiled_model or model
+        self.loss_module = loss_module or LossModule(compiled_model or model)
         self.optimizer = optimizer
         self.settings = settings
         self.batch_for_step = batch_for_step
@@ -94,40 +108,49 @@ class Trainer:
     def _loss(self, block: torch.Tensor) -> torch.Tensor:
         block = block.to(self.device, non_blocking=True)
         with autocast_context(self.settings.precision, self.device):
-            return next_token_loss(self.forward_model, block[:, :-1], block[:, 1:])
+            return self.loss_module(block[:, :-1], block[:, 1:])
 
     def train_step(self, step: int) -> tuple[float, float]:
-        """One optimizer step; returns (mean loss, grad norm before clipping)."""
+        """One optimizer step; returns (mean loss over the global batch, grad norm before clipping)."""
         accumulation = self.settings.accumulation(step)
         set_learning_rate(self.optimizer, self.base_lr * self.lr_factor(step))
         total = 0.0
         for micro in range(accumulation):
-            loss = self._loss(self.batch_for_step(step, micro)) / accumulation
-            loss.backward()
+            with gradient_sync(self.loss_module, enabled=micro == accumulation - 1):
+                loss = self._loss(self.batch_for_step(step, micro)) / accumulation
+                loss.backward()
             total += loss.item()
+        # Every rank sees the same mean, so all of them stop together on a NaN.
+        total = all_reduce_mean(total, self.device)
         if not math.isfinite(total):
             raise TrainingDiverged(
                 f"loss is {total} at step {step}; stopped without applying it. The last good "
                 f"checkpoint is the newest under {self.out_dir / 'checkpoints'}")
         clip = self.settings.grad_clip if self.settings.grad_clip > 0 else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip).item()
+        grad_norm = clip_grad_norm(self.model.parameters(), clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.tokens += accumulation * self.settings.tokens_per_micro_batch
+        self.tokens += self._step_tokens(step)
         return total, grad_norm
+
+    def _step_tokens(self, step: int) -> int:
+        s = self.settings
+        return s.accumulation(step) * s.tokens_per_micro_batch * s.world_size
 
     def checkpoint(self) -> Path:
         state = TrainingState(step=self.step, tokens=self.tokens, run_config=self.run_config,
-                              extra={"stage": self.stage_of(max(0, self.step - 1))})
-        return save_checkpoint(self.out_dir, self.model, self.optimizer, state, self.tokenizer_dir,
-                               keep=self.settings.checkpoint_keep)
+                              extra={"stage": self.stage_of(max(0, self.step - 1)),
+                                     "world_size": self.settings.world_size})
+        save = save_sharded_checkpoint if is_distributed() else save_checkpoint
+        return save(self.out_dir, self.model, self.optimizer, state, self.tokenizer_dir,
+                    keep=self.settings.checkpoint_keep)
 
     def validate(self) -> float:
-        return evaluate_loss(self.forward_model, self.validation, self.settings.precision, self.device)
+        return mean_loss(self.loss_module, self.validation, self.settings.precision, self.device)
 
     def run(self, progress=None) -> None:
         s = self.settings
-        self.model.train()
+        self.loss_module.train()
         # Throughput counts training time only, not validation or checkpoint writing.
         window_tokens, window_seconds = 0, 0.0
         while self.step < s.total_steps:
@@ -136,7 +159,7 @@ class Trainer:
             loss, grad_norm = self.train_step(step)
             window_seconds += time.perf_counter() - started
             self.step += 1
-            window_tokens += s.accumulation(step) * s.tokens_per_micro_batch
+            window_tokens += self._step_tokens(step)
             record = None
             if self.step % s.log_every == 0 or self.step == s.total_steps or step == 0:
                 tokens_per_s = window_tokens / window_seconds if window_seconds > 0 else 0.0
