@@ -1,0 +1,156 @@
+"""`xmodel2 bench`: our model against transformers' Llama on identical shapes, in one run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+from pathlib import Path
+
+HELP = """Benchmark training and decoding speed against transformers on identical shapes.
+
+Default shape (the scale-out issue's): hidden 512, 8 layers, 8 heads, 4 KV heads, ffn 1280,
+vocab 32,000, sequence 512, batch 8. Prints training tokens/s and MFU (eager and compiled),
+the measured fp32/bf16 matmul peaks, the step's matmul floor, prefill/decode tokens/s at batch
+1 and 8, and the ratios last; writes JSON. Takes several minutes on 2 CPU cores (compilation).
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--hidden", type=int, default=512)
+    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--heads", type=int, default=8)
+    parser.add_argument("--kv-heads", type=int, default=4)
+    parser.add_argument("--ffn", type=int, default=1280)
+    parser.add_argument("--vocab", type=int, default=32000)
+    parser.add_argument("--seq", type=int, default=512)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=5, help="timed repeats per figure (median)")
+    parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
+    parser.add_argument("--prompt", type=int, default=64, help="prompt tokens for prefill/decode")
+    parser.add_argument("--new-tokens", type=int, default=32, help="decoded tokens per prompt")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    parser.add_argument("--out", default="runs/bench.json")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from xmodel2 import bench
+    from xmodel2.errors import UserError
+    from xmodel2.model.generate import generate_ids
+    from xmodel2.model.mup import build_optimizer
+    from xmodel2.train.hardware import measure_matmul_flops
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        shape = bench.BenchShape(args.hidden, args.layers, args.heads, args.kv_heads, args.ffn,
+                                 args.vocab, args.seq, args.batch)
+        config = shape.config()
+    except (ValueError, TypeError) as exc:
+        raise UserError(f"bad benchmark shape: {exc}") from None
+    dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
+    result: dict = {"shape": vars(shape), "precision": args.precision, "torch": torch.__version__,
+                    "threads": torch.get_num_threads(), "machine": platform.machine(),
+                    "repeats": args.repeats}
+
+    say = lambda text: print(text, flush=True)  # noqa: E731
+    peaks = {name: measure_matmul_flops(dt, size=2048) for name, dt in
+             (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+    result["matmul_peak_flops"] = peaks
+    say(f"matmul peak (2048^3, measured): fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, "
+        f"bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s")
+
+    ours, theirs = bench.build_pair(config)
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, shape.vocab, (shape.batch, shape.seq + 1), generator=gen)
+    tokens = shape.batch * shape.seq
+    step_flops = bench.training_flops_per_step(config, shape.batch, shape.seq)
+
+    steps = {}
+    optimizers = {"ours": build_optimizer(ours, config, lr=1e-4),
+                  "transformers": torch.optim.AdamW(theirs.parameters(), lr=1e-4, foreach=True)}
+    for name, model, loss_of in (("ours", ours, bench.our_loss), ("transformers", theirs, bench.hf_loss)):
+        model.train()
+        steps[f"{name} eager"] = bench.training_step(model, loss_of, optimizers[name], ids, args.precision)
+        if not args.no_compile:
+            say(f"compiling {name} ...")
+            steps[f"{name} compiled"] = bench.training_step(torch.compile(model), loss_of,
+                                                            optimizers[name], ids, args.precision)
+    seconds = bench.interleaved_medians(steps, args.repeats)
+    floor = bench.matmul_floor_seconds(config, shape.batch, shape.seq, dtype)
+    result["matmul_floor_seconds"] = floor
+    result["training"] = {}
+    say(f"\ntraining step, {shape.batch}x{shape.seq} tokens, {args.precision}, median of {args.repeats}")
+    say(f"{'variant':24s} {'s/step':>8s} {'tokens/s':>10s} {'MFU':>6s} {'x floor':>8s}")
+    for name, sec in seconds.items():
+        mfu = step_flops / sec / peaks[args.precision]
+        result["training"][name] = {"seconds": sec, "tokens_per_s": tokens / sec, "mfu": mfu,
+                                    "x_matmul_floor": sec / floor}
+        say(f"{name:24s} {sec:8.3f} {tokens / sec:10.0f} {100 * mfu:5.1f}% {sec / floor:8.2f}")
+    say(f"{'matmul floor':24s} {floor:8.3f} {tokens / floor:10.0f}")
+
+    result["generation"] = {}
+    ours.eval()
+    theirs.eval()
+    say(f"\nprefill {args.prompt} tokens, decode {args.new_tokens} tokens (greedy, fp32 weights)")
+    for batch in (1, 8):
+        prompt = torch.randint(0, shape.vocab, (batch, args.prompt), generator=gen)
+        prompts = prompt.tolist()
+
+        def ours_prefill():
+            with torch.inference_mode():
+                ours(prompt)
+
+        def theirs_prefill():
+            with torch.inference_mode():
+                theirs(prompt)
+
+        def ours_decode():
+            generate_ids(ours, prompts, args.new_tokens)
+
+        def theirs_decode():
+            with torch.inference_mode():
+                theirs.generate(prompt, attention_mask=torch.ones_like(prompt),
+                                max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
+                                do_sample=False, eos_token_id=None, pad_token_id=0)
+
+        t = bench.interleaved_medians({"ours prefill": ours_prefill, "transformers prefill": theirs_prefill,
+                                       "ours generate": ours_decode,
+                                       "transformers generate": theirs_decode}, args.repeats)
+        for side in ("ours", "transformers"):
+            prefill = batch * args.prompt / t[f"{side} prefill"]
+            # decode rate: generated tokens over generate's time minus one prefill
+            decode_time = max(1e-9, t[f"{side} generate"] - t[f"{side} prefill"])
+            decode = batch * args.new_tokens / decode_time
+            result["generation"][f"{side} batch {batch}"] = {"prefill_tokens_per_s": prefill,
+                                                             "decode_tokens_per_s": decode}
+            say(f"batch {batch} {side:13s} prefill {prefill:9.0f} tok/s   decode {decode:8.1f} tok/s")
+
+    train, gen_r = result["training"], result["generation"]
+    ratios = {"eager training, ours / transformers":
+              train["ours eager"]["tokens_per_s"] / train["transformers eager"]["tokens_per_s"]}
+    if not args.no_compile:
+        ratios["compiled training, ours / transformers compiled"] = (
+            train["ours compiled"]["tokens_per_s"] / train["transformers compiled"]["tokens_per_s"])
+        ratios["ours compiled step / matmul floor"] = train["ours compiled"]["x_matmul_floor"]
+    ratios["ours eager step / matmul floor"] = train["ours eager"]["x_matmul_floor"]
+    for batch in (1, 8):
+        ratios[f"decode batch {batch}, ours / transformers"] = (
+            gen_r[f"ours batch {batch}"]["decode_tokens_per_s"]
+            / gen_r[f"transformers batch {batch}"]["decode_tokens_per_s"])
+        ratios[f"prefill batch {batch}, ours / transformers"] = (
+            gen_r[f"ours batch {batch}"]["prefill_tokens_per_s"]
+            / gen_r[f"transformers batch {batch}"]["prefill_tokens_per_s"])
+    result["ratios"] = ratios
+    say("\nratios")
+    for name, value in ratios.items():
+        say(f"  {name:48s} {value:6.2f}x")
+    out = Path(args.out)
+    from xmodel2.fileio import atomic_write_json
+
+    atomic_write_json(out, result)
+    say(f"wrote {out}")
+    return 0
