@@ -1,0 +1,147 @@
+"""One decay branch: train the decay stage from the stable checkpoint with a given mixture, then score it."""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from xmodel2.data.decay_mixture import SFT_VALIDATION, decay_stage_index, with_decay_mixture
+from xmodel2.errors import UserError
+from xmodel2.fileio import read_json
+from xmodel2.train.checkpoint import STATE_FILE
+from xmodel2.train.runconfig import DecaySection, RunConfig, StageSection
+
+
+@dataclass
+class BranchSettings:
+    """Everything a worker needs to run any trial (JSON-serializable)."""
+
+    run: dict  # the branch template run config (stable + decay stage, SFT sources added)
+    checkpoint: str  # the stable-stage checkpoint folder
+    out_dir: str  # the search folder: data/ (shared shards) and trials/
+    max_repeats: float = 50.0
+    sft_sequences: int = 64  # held-out SFT sequences scored per trial
+    eval_tasks: str | None = None  # comma-separated `xmodel2 eval` tasks, scored when given
+    eval_limit: int | None = 50
+    keep_checkpoints: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+def checkpoint_step(checkpoint: Path) -> int:
+    return int(read_json(checkpoint / STATE_FILE, "trainer state")["step"])
+
+
+def branch_template(run: RunConfig, checkpoint: Path, decay_steps: int | None = None,
+                    half_life: float | None = None) -> RunConfig:
+    """`run` cut to: the stable stage up to the checkpoint's step, then one decay stage.
+
+    The checkpoint's tokenizer is reused so every branch reads the same token ids.
+    """
+    run = copy.deepcopy(run)
+    index = decay_stage_index(run)
+    if index == 0:
+        raise UserError("ratio-search: the run config needs a stable stage before its decay stage")
+    decay = run.stages[index]
+    steps = decay_steps or run.stage_steps()[index]
+    if decay.decay is None or half_life is not None or decay_steps is not None:
+        scaled = decay.decay.half_life * steps / run.stage_steps()[index] if decay.decay else 0.2 * steps
+        decay_section = DecaySection(shape=decay.decay.shape if decay.decay else "exponential",
+                                     half_life=half_life or max(1.0, scaled),
+                                     floor=decay.decay.floor if decay.decay else 0.0)
+    else:
+        decay_section = decay.decay
+    start = checkpoint_step(checkpoint)
+    stable = run.stages[index - 1]
+    run.stages = [StageSection(name=stable.name, mixture=stable.mixture, steps=start, max_repeats=stable.max_repeats),
+                  StageSection(name=decay.name, mixture=decay.mixture, steps=steps, decay=decay_section,
+                               max_repeats=decay.max_repeats)]
+    run.train.steps = start + steps
+    run.train.warmup_steps = min(run.train.warmup_steps, start)
+    run.train.val_every = steps
+    run.checkpoint.every = steps
+    run.checkpoint.keep = 1
+    run.tokenizer.path = str(checkpoint.resolve())
+    return run
+
+
+def link_shared_data(trial_dir: Path, shared_data: Path) -> None:
+    """Point the trial's data/ at the search's prepared shards (prepared once, read by all)."""
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    link = trial_dir / "data"
+    if not link.exists():
+        os.symlink(shared_data.resolve(), link, target_is_directory=True)
+
+
+def heldout_loss(model, run: RunConfig, shard_dir: Path, sequences: int, device) -> float:
+    from xmodel2.data.mixture import SequentialDataset
+    from xmodel2.train.trainer import evaluate_loss
+
+    data = SequentialDataset(str(shard_dir), run.data.seq_len, max_sequences=sequences)
+    size = run.train.micro_batch_size
+    blocks = [data.sequences(range(i, min(len(data), i + size))) for i in range(0, len(data), size)]
+    return evaluate_loss(model, blocks, run.train.precision, device)
+
+
+def eval_accuracy(checkpoint: Path, tasks: str, limit: int | None, out_file: Path) -> float:
+    """Mean of the first accuracy-like metric of each `xmodel2 eval` task."""
+    from xmodel2.cli import main
+
+    args = ["eval", str(checkpoint), "--tasks", tasks, "--output", str(out_file)]
+    if limit:
+        args += ["--limit", str(limit)]
+    if main(args) != 0:
+        raise UserError(f"xmodel2 eval failed on {checkpoint} (tasks {tasks})")
+    results = read_json(out_file, "eval results")
+    scores = [v for k, v in _flatten(results) if k.endswith(("acc", "accuracy", "exact_match", "pass@1"))
+              and isinstance(v, (int, float))]
+    if not scores:
+        raise UserError(f"{out_file}: no accuracy in the eval results")
+    return sum(scores) / len(scores)
+
+
+def _flatten(data, prefix: str = ""):
+    if isinstance(data, dict):
+        for key, value in data.items():
+            yield from _flatten(value, f"{prefix}.{key}" if prefix else str(key))
+    else:
+        yield prefix, data
+
+
+def run_branch(settings: BranchSettings, sft_share: float, weights: dict[str, float], trial_dir: Path) -> dict:
+    """Train one decay branch into `trial_dir` and return its held-out metrics."""
+    import torch
+
+    from xmodel2.data.sft_mask import answer_loss
+    from xmodel2.model.folder import load_model_folder
+    from xmodel2.tokenizer import load_tokenizer
+    from xmodel2.train.hardware import pick_device
+    from xmodel2.train.run import run_pretraining
+    from xmodel2.train.runconfig import run_config_from_dict
+
+    template = run_config_from_dict(settings.run)
+    run = with_decay_mixture(template, sft_share, weights, max_repeats=settings.max_repeats)
+    shared = Path(settings.out_dir) / "data"
+    link_shared_data(trial_dir, shared)
+    result = run_pretraining(run, trial_dir, init_from=settings.checkpoint, show_progress=False)
+    device = pick_device(run.train.device)
+    model = load_model_folder(result.final_checkpoint, device=device)
+    tokenizer = load_tokenizer(result.final_checkpoint)
+    metrics = {"sft_share": sft_share, "weights": weights,
+               "mixture": run.stages[-1].mixture,
+               "pretrain_val_loss": result.val_loss_end}
+    with torch.no_grad():
+        metrics["sft_val_loss"] = heldout_loss(model, run, shared / SFT_VALIDATION, settings.sft_sequences, device)
+        metrics["sft_answer_loss"] = answer_loss(model, tokenizer, shared / SFT_VALIDATION, run.data.seq_len,
+                                                 settings.sft_sequences, run.train.precision, device)
+    if settings.eval_tasks:
+        metrics["accuracy"] = eval_accuracy(result.final_checkpoint, settings.eval_tasks, settings.eval_limit,
+                                            trial_dir / "eval.json")
+    if not all(math.isfinite(v) for k, v in metrics.items() if k.endswith("loss") and v is not None):
+        raise UserError(f"{trial_dir}: a held-out loss is not finite")
+    if not settings.keep_checkpoints:
+        shutil.rmtree(trial_dir / "checkpoints", ignore_errors=True)
+    return metrics

@@ -1,0 +1,60 @@
+"""The search's picture: objective vs SFT share, one marker per trial coloured by category mix,
+with a quadratic fitted through all trials (the report's curve has one interior optimum)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def fit_quadratic(shares: list[float], values: list[float]) -> np.ndarray | None:
+    """Coefficients (highest power first), or None with fewer than three distinct shares."""
+    if len(set(shares)) < 3:
+        return None
+    return np.polyfit(np.asarray(shares), np.asarray(values), 2)
+
+
+def plot_search(trials: list[dict], metric_label: str, out: Path, title: str) -> Path:
+    """`trials`: dicts with sft_share, value, label. Writes a PNG and returns its path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from xmodel2.fileio import atomic_write_bytes
+
+    labels = sorted({t["label"] for t in trials})
+    colours = plt.get_cmap("tab10")
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for i, label in enumerate(labels):
+        chosen = [t for t in trials if t["label"] == label]
+        ax.scatter([100 * t["sft_share"] for t in chosen], [t["value"] for t in chosen], s=36,
+                   color=colours(i % 10), label=f"mix: {label}", edgecolors="black", linewidths=0.4, zorder=3)
+    shares = [t["sft_share"] for t in trials]
+    values = [t["value"] for t in trials]
+    coefficients = fit_quadratic(shares, values)
+    if coefficients is not None:
+        xs = np.linspace(min(shares), max(shares), 200)
+        ax.plot(100 * xs, np.polyval(coefficients, xs), color="grey", linestyle="--", zorder=2,
+                label="quadratic fit")
+        a, b, _ = coefficients
+        if a > 0 and min(shares) <= -b / (2 * a) <= max(shares):
+            ax.axvline(100 * -b / (2 * a), color="grey", linestyle=":", linewidth=1,
+                       label=f"fit optimum {100 * -b / (2 * a):.0f}%")
+    best = min(trials, key=lambda t: t["value"]) if trials[0].get("minimize", True) else max(trials, key=lambda t: t["value"])
+    ax.scatter([100 * best["sft_share"]], [best["value"]], s=160, facecolors="none", edgecolors="red",
+               linewidths=1.5, zorder=4, label=f"best trial ({100 * best['sft_share']:.0f}%)")
+    ax.set_xlabel("SFT share of the decay stage (%)")
+    ax.set_ylabel(metric_label)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    atomic_write_bytes(out, buffer.getvalue())
+    return out

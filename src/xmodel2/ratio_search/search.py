@@ -1,0 +1,144 @@
+"""The whole search: stable checkpoint, SFT preparation, shared shards, trials, best mixture, plot."""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from xmodel2.data.decay_mixture import add_sft_sources, decay_stage_index, with_decay_mixture
+from xmodel2.data.sft import SFTFile, prepare_sft
+from xmodel2.errors import UserError
+from xmodel2.fileio import atomic_write_text
+from xmodel2.ratio_search.branch import BranchSettings, branch_template
+from xmodel2.ratio_search.study import GRID_MIXES, OBJECTIVES, grid_values, open_study, run_workers, spec_for
+from xmodel2.train.runconfig import RunConfig
+
+
+@dataclass
+class SearchOptions:
+    sft_files: list[SFTFile]
+    checkpoint: Path | None = None
+    held_out_percent: int = 5
+    sampler: str = "grid"
+    shares: list[float] = field(default_factory=lambda: [round(0.1 * i, 1) for i in range(10)])
+    mixes: list[str] = field(default_factory=lambda: ["uniform", "reasoning"])
+    trials: int | None = None
+    workers: int = 2
+    decay_steps: int | None = None
+    half_life: float | None = None
+    objective: str = "mean"
+    eval_tasks: str | None = None
+    eval_limit: int | None = 50
+    storage: str | None = None
+    study: str = "ratio-search"
+    sft_sequences: int = 64
+    max_repeats: float = 50.0
+    keep_checkpoints: bool = False
+    seed: int = 0
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def stable_checkpoint(run: RunConfig, out_dir: Path) -> Path:
+    """Train (or resume) the run's stages before its decay stage into OUT/stable; its last checkpoint."""
+    from xmodel2.train.run import run_pretraining
+
+    index = decay_stage_index(run)
+    steps = run.stage_steps()
+    stable = copy.deepcopy(run)
+    stable.stages = stable.stages[:index]
+    for stage, n in zip(stable.stages, steps):
+        stage.steps = n
+    stable.train.steps = sum(steps[:index])
+    stable.checkpoint.every = stable.train.steps
+    stable.checkpoint.keep = 1
+    say(f"xmodel2: training the stable stage ({stable.train.steps} steps) into {out_dir / 'stable'}")
+    return run_pretraining(stable, out_dir / "stable", show_progress=False).final_checkpoint
+
+
+def completed_trials(study) -> list[dict]:
+    from optuna.trial import TrialState
+
+    rows = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        rows.append({"number": t.number, "value": t.value, **t.user_attrs})
+    return rows
+
+
+def run_search(run: RunConfig, out_dir: Path, options: SearchOptions) -> dict:
+    from xmodel2.train.run import prepare_sources, prepare_tokenizer
+
+    if options.objective not in OBJECTIVES:
+        raise UserError(f"--objective must be one of {', '.join(OBJECTIVES)}")
+    if options.objective == "accuracy" and not options.eval_tasks:
+        raise UserError("--objective accuracy needs --eval-tasks")
+    unknown = [m for m in options.mixes if m not in GRID_MIXES]
+    if unknown:
+        raise UserError(f"--mixes: unknown mix {unknown[0]!r} (mixes: {', '.join(GRID_MIXES)})")
+    if any(not 0 <= s <= 1 for s in options.shares):
+        raise UserError("--shares: every share must be in [0, 1]")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = options.checkpoint or stable_checkpoint(run, out_dir)
+    if not checkpoint.is_dir():
+        raise UserError(f"{checkpoint}: checkpoint folder not found")
+
+    prepared = prepare_sft(options.sft_files, out_dir / "sft", options.held_out_percent)
+    say(f"xmodel2: SFT data in {prepared.folder}\n{prepared.summary()}")
+    template = branch_template(add_sft_sources(run, prepared), checkpoint, options.decay_steps, options.half_life)
+    tokenizer = prepare_tokenizer(template, out_dir)
+    prepare_sources(template, out_dir, tokenizer)  # shards shared by every trial
+
+    grid = grid_values(options.shares, options.mixes) if options.sampler == "grid" else None
+    n_trials = options.trials or (len(options.shares) * len(options.mixes) if grid else 40)
+    storage = options.storage or f"sqlite:///{(out_dir / 'study.db').resolve()}"
+    settings = BranchSettings(run=template.to_dict(), checkpoint=str(checkpoint.resolve()),
+                              out_dir=str(out_dir.resolve()), max_repeats=options.max_repeats,
+                              sft_sequences=options.sft_sequences, eval_tasks=options.eval_tasks,
+                              eval_limit=options.eval_limit, keep_checkpoints=options.keep_checkpoints)
+    spec = spec_for(settings, storage, options.study, options.objective, n_trials, grid, options.seed,
+                    sorted(prepared.train_files))
+    direction = OBJECTIVES[options.objective][1]
+    study = open_study(storage, options.study, direction, grid, options.seed, spec["attrs"])
+    say(f"xmodel2: {n_trials} trials ({options.sampler}) with {options.workers} workers; study "
+        f"{options.study!r} in {storage}; logs in {out_dir}/worker-N.log")
+    run_workers(spec, out_dir, options.workers)
+    return summarize(run, prepared, study, out_dir, options.objective)
+
+
+def summarize(run: RunConfig, prepared, study, out_dir: Path, objective: str) -> dict:
+    from xmodel2.ratio_search.plot import fit_quadratic, plot_search
+
+    trials = completed_trials(study)
+    if not trials:
+        raise UserError(f"study {study.study_name!r}: no completed trials")
+    minimize = OBJECTIVES[objective][1] == "minimize"
+    for t in trials:
+        t["minimize"] = minimize
+    best = study.best_trial
+    best_run = with_decay_mixture(add_sft_sources(run, prepared), best.user_attrs["sft_share"],
+                                  best.user_attrs["weights"])
+    header = (f"# xmodel2 ratio-search: best of {len(trials)} trials, SFT share "
+              f"{best.user_attrs['sft_share']:.0%}, mix {best.user_attrs['label']}, "
+              f"{objective} objective {best.value:.4f}\n# run it: xmodel2 pretrain {out_dir / 'best-mixture.yaml'}\n")
+    atomic_write_text(out_dir / "best-mixture.yaml",
+                      header + yaml.safe_dump(best_run.to_dict(), sort_keys=False, allow_unicode=True))
+    atomic_write_text(out_dir / "trials.jsonl",
+                      "".join(json.dumps(t, sort_keys=True) + "\n" for t in sorted(trials, key=lambda t: t["number"])))
+    metric = {"mean": "mean of held-out SFT and pretraining loss", "sft": "held-out SFT loss (nats/token)",
+              "answer": "held-out SFT answer loss (nats/token)", "accuracy": "task accuracy"}[objective]
+    png = plot_search(trials, metric, out_dir / "ratio-search.png",
+                      f"ratio search: {len(trials)} decay branches")
+    coefficients = fit_quadratic([t["sft_share"] for t in trials], [t["value"] for t in trials])
+    optimum = None
+    if coefficients is not None and coefficients[0] > 0:
+        optimum = float(-coefficients[1] / (2 * coefficients[0]))
+    return {"trials": len(trials), "best_share": best.user_attrs["sft_share"], "best_label": best.user_attrs["label"],
+            "best_value": best.value, "best_weights": best.user_attrs["weights"], "fit_optimum": optimum,
+            "plot": png, "config": out_dir / "best-mixture.yaml"}
