@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.metadata import BytesStorageMetadata, StorageMeta
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
                                                      get_optimizer_state_dict, set_optimizer_state_dict)
@@ -153,10 +154,12 @@ def _load_sharded_optimizer(folder: Path, model: Transformer, optimizer: torch.o
     # The template says which tensors, and which slices of them, this rank holds now.
     template = get_optimizer_state_dict(model, optimizer)
     reader = SafeFileSystemReader(folder)
+    reader.read_metadata()  # refuse a bad file here, in one line, before DCP wraps the error
     try:
         torch.distributed.checkpoint.load({"state": template["state"]}, storage_reader=reader)
-    except (RuntimeError, ValueError, KeyError) as exc:
-        raise UserError(f"{folder}: cannot restore optimizer state ({str(exc).splitlines()[0]})") from None
+    except CheckpointException as exc:
+        error, _ = next(iter(exc.failures.values()))
+        raise UserError(f"{folder}: cannot restore optimizer state ({str(error).splitlines()[0]})") from None
     set_optimizer_state_dict(model, optimizer, template)
 
 
