@@ -75,7 +75,9 @@ def reliability_diagram(calibration: Calibration, path: str | Path, bins: int = 
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(5, 6), height_ratios=[3, 1], sharex=True)
     top.bar(centers, np.where(counts > 0, accuracy, 0), width=1 / bins, edgecolor="black",
             color="tab:blue", label="accuracy")
-    top.bar(centers, np.where(counts > 0, confidence - accuracy, 0), bottom=np.where(counts > 0, accuracy, 0),
+    filled = counts > 0
+    top.bar(centers, np.where(filled, np.abs(confidence - accuracy), 0),
+            bottom=np.where(filled, np.minimum(accuracy, confidence), 0),
             width=1 / bins, color="tab:red", alpha=0.3, edgecolor="tab:red", label="gap to confidence")
     top.plot([0, 1], [0, 1], "k--", label="perfect calibration")
     top.set_ylabel("accuracy")
