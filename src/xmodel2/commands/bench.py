@@ -117,17 +117,23 @@ def run(args: argparse.Namespace) -> int:
                                 max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
                                 do_sample=False, eos_token_id=None, pad_token_id=0)
 
-        t = bench.interleaved_medians({"ours prefill": ours_prefill, "transformers prefill": theirs_prefill,
-                                       "ours generate": ours_decode,
-                                       "transformers generate": theirs_decode}, args.repeats)
-        for side in ("ours", "transformers"):
+        variants = {"ours prefill": ours_prefill, "transformers prefill": theirs_prefill,
+                    "ours generate": ours_decode, "transformers generate": theirs_decode}
+        sides = ["ours", "transformers"]
+        if not args.no_compile:
+            variants["ours compiled prefill"] = ours_prefill
+            variants["ours compiled generate"] = lambda: generate_ids(ours, prompts, args.new_tokens,
+                                                                      compile=True)
+            sides.append("ours compiled")
+        t = bench.interleaved_medians(variants, args.repeats)
+        for side in sides:
             prefill = batch * args.prompt / t[f"{side} prefill"]
             # decode rate: generated tokens over generate's time minus one prefill
             decode_time = max(1e-9, t[f"{side} generate"] - t[f"{side} prefill"])
             decode = batch * args.new_tokens / decode_time
             result["generation"][f"{side} batch {batch}"] = {"prefill_tokens_per_s": prefill,
                                                              "decode_tokens_per_s": decode}
-            say(f"batch {batch} {side:13s} prefill {prefill:9.0f} tok/s   decode {decode:8.1f} tok/s")
+            say(f"batch {batch} {side:14s} prefill {prefill:9.0f} tok/s   decode {decode:8.1f} tok/s")
 
     train, gen_r = result["training"], result["generation"]
     ratios = {"eager training, ours / transformers":
@@ -141,6 +147,10 @@ def run(args: argparse.Namespace) -> int:
         ratios[f"decode batch {batch}, ours / transformers"] = (
             gen_r[f"ours batch {batch}"]["decode_tokens_per_s"]
             / gen_r[f"transformers batch {batch}"]["decode_tokens_per_s"])
+        if not args.no_compile:
+            ratios[f"decode batch {batch}, ours compiled / transformers"] = (
+                gen_r[f"ours compiled batch {batch}"]["decode_tokens_per_s"]
+                / gen_r[f"transformers batch {batch}"]["decode_tokens_per_s"])
         ratios[f"prefill batch {batch}, ours / transformers"] = (
             gen_r[f"ours batch {batch}"]["prefill_tokens_per_s"]
             / gen_r[f"transformers batch {batch}"]["prefill_tokens_per_s"])

@@ -38,7 +38,8 @@ def run(args: argparse.Namespace) -> int:
         new = generate_ids(model, [prompt], args.max_new_tokens, temperature=args.temperature,
                            top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                            stop_ids=stop_ids_for(model, tokenizer, chat=True),
-                           should_stop=stop_string_check(tokenizer, args.stop))[0]
+                           should_stop=stop_string_check(tokenizer, args.stop),
+                           compile=args.compile)[0]
         reply = cut_at_stop(continuation_text(tokenizer, prompt, new), args.stop).strip()
         messages.append({"role": "assistant", "content": reply})
         print(reply, flush=True)

@@ -19,6 +19,8 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
                         help="stop when this text appears (repeatable); it is not printed")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="weights dtype (default fp32)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--compile", action="store_true",
+                        help="decode through a torch.compile'd fixed-shape step (pays off for long outputs)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,6 +63,6 @@ def run(args: argparse.Namespace) -> int:
     model, tokenizer = load(args)
     text = generate(model, tokenizer, [args.prompt], args.max_new_tokens, temperature=args.temperature,
                     top_k=args.top_k, top_p=args.top_p, stop=args.stop, seed=args.seed,
-                    add_bos=args.add_bos)[0]
+                    add_bos=args.add_bos, compile=args.compile)[0]
     print(text)
     return 0

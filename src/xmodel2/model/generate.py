@@ -41,10 +41,13 @@ def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_k: int | Non
 def generate_ids(model: Transformer, prompts: Sequence[Sequence[int]], max_new_tokens: int, *,
                  temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
                  stop_ids: Iterable[int] = (), seed: int = 0,
-                 should_stop: Callable[[int, list[int]], bool] | None = None) -> list[list[int]]:
+                 should_stop: Callable[[int, list[int]], bool] | None = None,
+                 compile: bool = False) -> list[list[int]]:
     """New token ids per prompt (a stop id ends a row and is not returned).
 
-    `should_stop(row, new_ids)` is asked after every token (for stop strings).
+    `should_stop(row, new_ids)` is asked after every token (for stop strings). With `compile`,
+    decode steps run through a `torch.compile`d fixed-shape step (built once per batch size and
+    cache length, which is rounded up to a multiple of 128 so similar requests share it).
     """
     if not prompts or any(len(p) == 0 for p in prompts):
         raise UserError("generate: every prompt needs at least one token")
@@ -54,6 +57,8 @@ def generate_ids(model: Transformer, prompts: Sequence[Sequence[int]], max_new_t
     device, dtype = weight.device, weight.dtype
     batch, longest = len(prompts), max(len(p) for p in prompts)
     total = longest + max_new_tokens
+    if compile:
+        total = -(-total // 128) * 128
 
     input_ids = torch.zeros(batch, longest, dtype=torch.long)
     mask = torch.ones(batch, total, dtype=torch.long)
@@ -68,6 +73,10 @@ def generate_ids(model: Transformer, prompts: Sequence[Sequence[int]], max_new_t
     hidden = model.hidden_states(input_ids, positions, mask[:, :longest] if padded else None, cache)
     logits = model.logits(hidden[:, -1])
     next_position = positions[:, -1:] + 1
+    if compile:
+        step_fn = compiled_decode_step(model)
+        cache.write_slots = torch.zeros(1, dtype=torch.long, device=device)
+        key_mask = mask.bool() & (torch.arange(total, device=device) < longest)
 
     generator = torch.Generator(device=device).manual_seed(seed)
     stops = set(int(i) for i in stop_ids)
@@ -87,23 +96,38 @@ def generate_ids(model: Transformer, prompts: Sequence[Sequence[int]], max_new_t
         if all(finished) or step == max_new_tokens - 1:
             break
         seen = longest + step + 1
-        hidden = model.hidden_states(tokens[:, None], next_position,
-                                     mask[:, :seen] if padded else None, cache)
-        logits = model.logits(hidden[:, -1])
+        if compile:
+            key_mask[:, seen - 1] = True
+            cache.write_slots.fill_(seen - 1)
+            logits = step_fn(tokens[:, None], next_position, key_mask, cache)
+        else:
+            hidden = model.hidden_states(tokens[:, None], next_position,
+                                         mask[:, :seen] if padded else None, cache)
+            logits = model.logits(hidden[:, -1])
         next_position = next_position + 1
     return new_ids
 
 
+def compiled_decode_step(model: Transformer) -> Callable:
+    """`torch.compile(model.decode_step)`, built once per model."""
+    step = getattr(model, "_compiled_decode_step", None)
+    if step is None:
+        step = torch.compile(model.decode_step, dynamic=False)
+        model._compiled_decode_step = step
+    return step
+
+
 def generate(model: Transformer, tokenizer, prompts: list[str], max_new_tokens: int,
              temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
-             stop: Sequence[str] | None = None, seed: int = 0, add_bos: bool | None = None) -> list[str]:
+             stop: Sequence[str] | None = None, seed: int = 0, add_bos: bool | None = None,
+             compile: bool = False) -> list[str]:
     """The continuation of each prompt, cut before the first stop string."""
     if add_bos is None:
         add_bos = default_add_bos(tokenizer)
     prompt_ids = [tokenizer.encode(text, add_bos=add_bos) for text in prompts]
     new_ids = generate_ids(model, prompt_ids, max_new_tokens, temperature=temperature, top_k=top_k,
                            top_p=top_p, stop_ids=stop_ids_for(model, tokenizer), seed=seed,
-                           should_stop=stop_string_check(tokenizer, stop))
+                           should_stop=stop_string_check(tokenizer, stop), compile=compile)
     return [cut_at_stop(continuation_text(tokenizer, p, n), stop) for p, n in zip(prompt_ids, new_ids)]
 
 

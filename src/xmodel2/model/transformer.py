@@ -70,8 +70,15 @@ class KVCache:
         self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.num_layers)]
         self.length = 0  # positions filled so far (the same for every layer)
         self.max_len = max_len
+        # Static mode (compiled decoding): new K/V go to these slots and attention always spans
+        # the whole buffer under a key mask, so every step has the same shapes.
+        self.write_slots: torch.Tensor | None = None
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.write_slots is not None:
+            self.keys[layer].index_copy_(2, self.write_slots, k)
+            self.values[layer].index_copy_(2, self.write_slots, v)
+            return self.keys[layer], self.values[layer]
         start, end = self.length, self.length + k.shape[2]
         if end > self.max_len:
             raise ValueError(f"KV cache full: {end} positions > max_len {self.max_len}")
@@ -182,16 +189,31 @@ class Transformer(nn.Module):
         past = cache.length if cache is not None else 0
         if position_ids is None:
             position_ids = torch.arange(past, past + seq, device=input_ids.device).expand(batch, seq)
-        body = self.model
-        x = _scaled(body.embed_tokens(input_ids), body.embedding_multiplier)
-        cos, sin = body.rotary(position_ids, x.dtype)
         mask = None
         if attention_mask is not None or (past > 0 and seq > 1):
             mask = _attention_mask(attention_mask, batch, seq, past, input_ids.device)
-        for layer in body.layers:
-            x = layer(x, cos, sin, mask, cache)
+        hidden = self._body(input_ids, position_ids, mask, cache)
         if cache is not None:
             cache.length += seq
+        return hidden
+
+    def decode_step(self, input_ids: torch.Tensor, position_ids: torch.Tensor, key_mask: torch.Tensor,
+                    cache: KVCache) -> torch.Tensor:
+        """Last-position logits for new tokens written at `cache.write_slots`.
+
+        Every shape is fixed by the cache size, so `torch.compile` builds this once: attention
+        spans the whole cache and `key_mask` (batch, max_len) says which slots hold real tokens.
+        """
+        hidden = self._body(input_ids, position_ids, key_mask[:, None, None, :], cache)
+        return self.logits(hidden[:, -1])
+
+    def _body(self, input_ids: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor | None,
+              cache: KVCache | None) -> torch.Tensor:
+        body = self.model
+        x = _scaled(body.embed_tokens(input_ids), body.embedding_multiplier)
+        cos, sin = body.rotary(position_ids, x.dtype)
+        for layer in body.layers:
+            x = layer(x, cos, sin, mask, cache)
         return body.norm(x)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
