@@ -243,3 +243,11 @@ def load_model_for(out: Path):
     from xmodel2.model.folder import load_model_folder
 
     return load_model_folder(latest_checkpoint(out))
+
+
+def test_batch_size_schedule_by_gradient_accumulation(config_path, tmp_path):
+    out = fresh_out(config_path, tmp_path, "batch-schedule")
+    assert pretrain(config_path, out, "--train.steps=12", "--stages.1.steps=4",
+                    "--train.batch_schedule=[[0, 4], [6, 8]]") == 0
+    state = json.loads((latest_checkpoint(out) / "trainer_state.json").read_text())
+    assert state["tokens"] == (6 * 4 + 6 * 8) * 32  # micro-batch 4: 1 then 2 micro-batches

@@ -77,5 +77,16 @@ def finish(run_config, result) -> None:
     except ImportError:
         pass
     png = plot_loss_curve(result.out_dir / "metrics.jsonl", result.out_dir / "loss.png",
-                          title=f"xmodel2 pretrain: {result.out_dir.name}")
+                          title=f"xmodel2 pretrain: {result.out_dir.name}",
+                          stage_starts=stage_start_tokens(run_config))
     print(f"loss curve: {png}")
+
+
+def stage_start_tokens(run_config) -> dict[str, int]:
+    from xmodel2.train.run import batch_schedule
+
+    batches, starts, step = batch_schedule(run_config), {}, 0
+    for stage, steps in zip(run_config.stages, run_config.stage_steps()):
+        starts[stage.name] = batches.offset(step) * run_config.data.seq_len
+        step += steps
+    return starts

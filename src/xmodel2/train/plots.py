@@ -7,7 +7,9 @@ from pathlib import Path
 from xmodel2.train.metrics import read_metrics
 
 
-def plot_loss_curve(metrics_path: str | Path, out_png: str | Path, title: str = "") -> Path:
+def plot_loss_curve(metrics_path: str | Path, out_png: str | Path, title: str = "",
+                    stage_starts: dict[str, int] | None = None) -> Path:
+    """Plot metrics.jsonl; `stage_starts` maps stage name -> training tokens at its first step."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -17,9 +19,6 @@ def plot_loss_curve(metrics_path: str | Path, out_png: str | Path, title: str = 
     train = [(r["tokens"], r["loss"]) for r in records if "loss" in r]
     val = [(r["tokens"], r["val_loss"]) for r in records if "val_loss" in r]
     lr = [(r["tokens"], r["lr"]) for r in records if "lr" in r]
-    stages = {}
-    for r in records:
-        stages.setdefault(r.get("stage", ""), r["tokens"])
 
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
     if train:
@@ -34,10 +33,11 @@ def plot_loss_curve(metrics_path: str | Path, out_png: str | Path, title: str = 
         lr_axis.plot(*zip(*lr), color="tab:green", lw=1.0, ls="--", label="learning rate")
     lr_axis.set_ylabel("learning rate (base group)")
     lr_axis.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
-    for name, start in stages.items():
-        if name and start > min(t for t, _ in train or [(0, 0)]):
+    bottom = ax.get_ylim()[0]
+    for name, start in (stage_starts or {}).items():
+        if start > 0:
             ax.axvline(start, color="grey", lw=0.8, ls=":")
-            ax.text(start, ax.get_ylim()[1], f" {name}", va="top", fontsize=8, color="grey")
+            ax.text(start, bottom, f" {name} stage", va="bottom", ha="left", fontsize=8, color="grey")
     lines = ax.get_legend_handles_labels()
     more = lr_axis.get_legend_handles_labels()
     ax.legend(lines[0] + more[0], lines[1] + more[1], loc="upper right", fontsize=8)
