@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
             if exc.name == f"xmodel2.commands.{module_name}":
                 continue  # not built yet
             raise
-        command = sub.add_parser(name, help=module.HELP, description=module.HELP,
+        summary = module.HELP.strip().splitlines()[0].replace("%", "%%")  # argparse %-formats help
+        command = sub.add_parser(name, help=summary, description=module.HELP,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(command)
         command.set_defaults(handler=module.run)
