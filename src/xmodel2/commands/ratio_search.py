@@ -14,7 +14,7 @@ on held-out SFT and pretraining loss (and `xmodel2 eval` accuracy with --eval-ta
 in an Optuna study (--storage, default OUT/study.db): re-running resumes, and other machines may
 join with the same --storage/--study. Writes OUT/best-mixture.yaml (a run config for `xmodel2
 pretrain` with the best decay mixture), OUT/trials.jsonl and OUT/ratio-search.png.
---quick: 20 trials (10 shares x 2 mixes) of 24 decay steps with smaller held-out sets.
+--quick: 20 trials (10 shares x 2 mixes) of 16 decay steps with smaller held-out sets.
 Config keys can be overridden as in pretrain: --train.seed=1 ...
 """
 
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         sft_files=[parse_sft_file_spec(s) for s in args.sft] if args.sft else bundled_sft_files(),
         checkpoint=Path(args.checkpoint) if args.checkpoint else None,
         held_out_percent=args.held_out_percent, sampler=args.sampler, trials=args.trials,
-        workers=args.workers, decay_steps=args.decay_steps or (24 if args.quick else None),
+        workers=args.workers, decay_steps=args.decay_steps or (16 if args.quick else None),
         half_life=args.half_life, objective=args.objective, eval_tasks=args.eval_tasks,
         eval_limit=args.eval_limit, storage=args.storage, study=args.study,
         sft_sequences=32 if args.quick else 64, keep_checkpoints=args.keep_checkpoints, seed=args.seed)
