@@ -241,3 +241,13 @@ def test_gpu_check_cpu_smoke():
     assert result["strategy"] == "fsdp" and result["steps_timed"] >= 2
     assert result["tokens_per_s"] > 0 and 0 < result["mfu_measured_peak"] < 1
     assert result["loss_last"] < result["loss_first"]  # it really trains
+
+
+@pytest.mark.slow
+def test_compiled_blocks_under_fsdp_follow_the_same_curve(config_path, reference, tmp_path):
+    out = fresh_out(config_path, tmp_path, "compiled")
+    proc = torchrun(config_path, out, "--parallel.strategy=fsdp", "--parallel.activation_checkpointing=true",
+                    "--train.compile=true")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for want, have in zip(metrics(reference), metrics(out), strict=True):
+        assert have["loss"] == pytest.approx(want["loss"], rel=1e-4), want["step"]

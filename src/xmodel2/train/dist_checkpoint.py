@@ -156,7 +156,8 @@ def _load_sharded_optimizer(folder: Path, model: Transformer, optimizer: torch.o
     reader = SafeFileSystemReader(folder)
     reader.read_metadata()  # refuse a bad file here, in one line, before DCP wraps the error
     try:
-        torch.distributed.checkpoint.load({"state": template["state"]}, storage_reader=reader)
+        torch.distributed.checkpoint.load({"state": template["state"]}, storage_reader=reader,
+                                          no_dist=not distributed.is_distributed())
     except CheckpointException as exc:
         error, _ = next(iter(exc.failures.values()))
         raise UserError(f"{folder}: cannot restore optimizer state ({str(error).splitlines()[0]})") from None

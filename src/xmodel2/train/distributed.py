@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import functools
 import os
 from typing import Iterable, Iterator
 
@@ -133,7 +132,14 @@ def apply_activation_checkpointing(model: Transformer) -> None:
     parameter names (and so checkpoints and optimizer groups) stay the Llama ones.
     """
     for layer in model.model.layers:
-        layer.forward = functools.partial(checkpoint, layer.forward, use_reentrant=False)
+        layer.forward = _checkpointed(layer.forward)
+
+
+def _checkpointed(forward):
+    def run(*args, **kwargs):
+        return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+
+    return run
 
 
 def parallelize(model: Transformer, strategy: str, device: torch.device, *,
