@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import pickle
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
@@ -156,8 +157,10 @@ def _load_sharded_optimizer(folder: Path, model: Transformer, optimizer: torch.o
     reader = SafeFileSystemReader(folder)
     reader.read_metadata()  # refuse a bad file here, in one line, before DCP wraps the error
     try:
-        torch.distributed.checkpoint.load({"state": template["state"]}, storage_reader=reader,
-                                          no_dist=not distributed.is_distributed())
+        with warnings.catch_warnings():  # one process reading all shards is intended here
+            warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process")
+            torch.distributed.checkpoint.load({"state": template["state"]}, storage_reader=reader,
+                                              no_dist=not distributed.is_distributed())
     except CheckpointException as exc:
         error, _ = next(iter(exc.failures.values()))
         raise UserError(f"{folder}: cannot restore optimizer state ({str(error).splitlines()[0]})") from None
