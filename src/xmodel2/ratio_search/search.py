@@ -15,7 +15,8 @@ from xmodel2.data.sft import SFTFile, prepare_sft
 from xmodel2.errors import UserError
 from xmodel2.fileio import atomic_write_text
 from xmodel2.ratio_search.branch import BranchSettings, branch_template
-from xmodel2.ratio_search.study import GRID_MIXES, OBJECTIVES, grid_values, open_study, run_workers, spec_for
+from xmodel2.ratio_search.study import (GRID_MIXES, OBJECTIVES, finished_trials, grid_values, open_study,
+                                       run_workers, spec_for)
 from xmodel2.train.runconfig import RunConfig
 
 
@@ -108,7 +109,8 @@ def run_search(run: RunConfig, out_dir: Path, options: SearchOptions) -> dict:
     study = open_study(storage, options.study, direction, grid, options.seed, spec["attrs"])
     say(f"xmodel2: {n_trials} trials ({options.sampler}) with {options.workers} workers; study "
         f"{options.study!r} in {storage}; logs in {out_dir}/worker-N.log")
-    run_workers(spec, out_dir, options.workers)
+    if finished_trials(study) < n_trials:
+        run_workers(spec, out_dir, options.workers)
     return summarize(run, prepared, study, out_dir, options.objective)
 
 

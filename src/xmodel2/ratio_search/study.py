@@ -110,7 +110,15 @@ def worker_loop(spec_path: Path) -> None:
               f"objective={value:.4f}", file=sys.stderr, flush=True)
         return value
 
-    study.optimize(objective, callbacks=[MaxTrialsCallback(spec["n_trials"], states=(TrialState.COMPLETE,))])
+    # The callback stops after a trial; this check keeps a resumed, finished study from starting one.
+    if finished_trials(study) < spec["n_trials"]:
+        study.optimize(objective, callbacks=[MaxTrialsCallback(spec["n_trials"], states=(TrialState.COMPLETE,))])
+
+
+def finished_trials(study) -> int:
+    from optuna.trial import TrialState
+
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
 
 
 def run_workers(spec: dict, out_dir: Path, workers: int) -> None:

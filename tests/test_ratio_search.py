@@ -1,0 +1,125 @@
+"""`xmodel2 ratio-search` for real on a tiny model: stable stage, decay branches in two worker
+processes, an Optuna study that resumes, the best mixture as a runnable config, and the plot."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from xmodel2.cli import main
+from xmodel2.data.corpus import corpus_file
+from xmodel2.data.sft import BUNDLED_DIR
+from xmodel2.errors import UserError
+from xmodel2.ratio_search.plot import fit_quadratic
+from xmodel2.train.runconfig import load_run_config
+
+
+def slice_gz(source: Path, out: Path, limit: int) -> Path:
+    with gzip.open(source, "rt", encoding="utf-8") as handle:
+        out.write_text("".join(line for _, line in zip(range(limit), handle)), encoding="utf-8")
+    return out
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ratio")
+    slice_gz(corpus_file("wiki-train"), root / "wiki.jsonl", 300)
+    slice_gz(corpus_file("wiki-validation"), root / "wiki-validation.jsonl", 30)
+    sft = []
+    for name, category in (("math-arithmetic", "math"), ("logic-generated", "logic"), ("knowledge-wordnet", "knowledge")):
+        sft += ["--sft", f"{category}={slice_gz(BUNDLED_DIR / f'{name}.jsonl.gz', root / f'{category}.jsonl', 200)}"]
+    config = root / "tiny.yaml"
+    config.write_text(textwrap.dedent("""\
+        model: {hidden_size: 64, intermediate_size: 160, num_layers: 2, num_heads: 2, num_kv_heads: 1,
+                max_position_embeddings: 64, mup: {dim_model_base: 32}}
+        tokenizer: {vocab_size: 700, max_sentences: 20000}
+        data:
+          seq_len: 32
+          workers: 1
+          validation: wiki-validation
+          validation_sequences: 8
+          sources:
+            wiki: {inputs: [wiki.jsonl]}
+            wiki-validation: {inputs: [wiki-validation.jsonl], held_out: true}
+        train: {steps: 30, lr: 0.01, warmup_steps: 4, batch_size: 8, micro_batch_size: 8, precision: fp32,
+                log_every: 5, val_every: 10, seed: 0}
+        stages:
+          - {name: stable, mixture: {wiki: 1.0}}
+          - {name: decay, steps: 10, decay: {shape: exponential, half_life: 3}, mixture: {wiki: 1.0}}
+        checkpoint: {every: 10, keep: 1}
+        """))
+    out = root / "search"
+    args = ["ratio-search", str(config), "--out", str(out), *sft, "--shares", "0,0.9", "--mixes", "uniform,reasoning",
+            "--held-out-percent", "20", "--workers", "2"]
+    assert main(args) == 0
+    return config, out, args
+
+
+def test_search_runs_every_trial_and_sft_beats_no_sft(setup):
+    _, out, _ = setup
+    trials = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]
+    assert len(trials) >= 4
+    assert {(t["sft_share"], t["label"]) for t in trials} == {(0.0, "uniform"), (0.0, "reasoning"),
+                                                              (0.9, "uniform"), (0.9, "reasoning")}
+    logs = (out / "worker-0.log").read_text() + (out / "worker-1.log").read_text()
+    assert "trial " in (out / "worker-0.log").read_text() and "trial " in (out / "worker-1.log").read_text(), logs
+    with_sft = min(t["sft_val_loss"] for t in trials if t["sft_share"] == 0.9)
+    without = max(t["sft_val_loss"] for t in trials if t["sft_share"] == 0.0)
+    assert with_sft < without - 0.1  # held-out reasoning/instruction loss
+    assert all(t["sft_answer_loss"] > 0 and t["pretrain_val_loss"] > 0 for t in trials)
+    for t in trials:  # branches keep no checkpoints unless asked
+        assert not (out / "trials" / f"trial-{t['number']:04d}" / "checkpoints").exists()
+    sft_mixture = {k: v for k, v in trials[0]["mixture"].items() if k.startswith("sft-")}
+    assert sum(sft_mixture.values()) == pytest.approx(trials[0]["sft_share"], abs=1e-6)
+
+
+def test_best_mixture_is_a_config_pretrain_accepts(setup):
+    _, out, _ = setup
+    run = load_run_config(out / "best-mixture.yaml", [])
+    decay = run.stages[-1]
+    assert decay.decay.shape == "exponential"
+    assert any(name.startswith("sft-") for name in decay.mixture)
+    assert sum(decay.mixture.values()) == pytest.approx(1.0, abs=1e-4)
+    assert run.data.sources["sft-validation"].held_out and "sft-validation" not in decay.mixture
+    png = (out / "ratio-search.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_rerun_resumes_the_study_without_new_trials(setup, capsys):
+    _, out, args = setup
+    before = (out / "trials.jsonl").read_text()
+    assert main(args) == 0
+    assert (out / "trials.jsonl").read_text() == before
+    assert "best SFT share:" in capsys.readouterr().out
+
+
+def test_same_study_with_other_settings_is_refused(setup):
+    _, out, args = setup
+    changed = [a if a != "0,0.9" else "0,0.5" for a in args]
+    assert main(changed) == 2
+
+
+def test_bad_inputs_are_one_line_errors(setup, tmp_path):
+    config, out, _ = setup
+    done = subprocess.run([sys.executable, "-m", "xmodel2", "ratio-search", str(config), "--out", str(tmp_path / "o"),
+                           "--checkpoint", str(tmp_path / "missing")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == f"xmodel2: error: {tmp_path / 'missing'}: checkpoint folder not found"
+    with pytest.raises(UserError, match="unknown mix"):
+        from xmodel2.ratio_search.search import SearchOptions, run_search
+
+        run_search(load_run_config(config, []), tmp_path / "o2", SearchOptions(sft_files=[], mixes=["nope"]))
+
+
+def test_quadratic_fit_finds_an_interior_optimum():
+    shares = [0.0, 0.2, 0.4, 0.6, 0.8]
+    values = [(s - 0.6) ** 2 + 3 for s in shares]
+    a, b, _ = fit_quadratic(shares, values)
+    assert -b / (2 * a) == pytest.approx(0.6)
+    assert fit_quadratic([0.1, 0.1, 0.2], [1, 2, 3]) is None
