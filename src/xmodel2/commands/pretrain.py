@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -40,6 +41,8 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     result = run_pretraining(run_config, out_dir, init_from=args.init_from,
                              show_progress=not args.no_progress)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports (the group is gone)
+        return 0
     if not args.no_finish:
         finish(run_config, result)
     print(f"finished in {time.perf_counter() - started:.0f} s; model folder: {result.final_checkpoint}")

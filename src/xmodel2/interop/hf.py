@@ -17,8 +17,7 @@ import torch
 from xmodel2.errors import UserError
 from xmodel2.fileio import atomic_directory, atomic_write_json, read_json
 from xmodel2.model.config import ModelConfig, from_hf_config, to_hf_config
-from xmodel2.model.folder import WEIGHTS_NAME, copy_tokenizer_files, read_folder_weights
-from xmodel2.model.transformer import Transformer
+from xmodel2.model.folder import WEIGHTS_NAME, canonical_tensors, copy_tokenizer_files, read_folder_weights
 
 # config.json files without "architectures" (or GGUF metadata) only name a model_type.
 ARCHITECTURE_BY_MODEL_TYPE = {
@@ -85,29 +84,6 @@ def with_architecture(hf: dict) -> dict:
         return hf
     model_type = hf.get("model_type")
     return {**hf, "architectures": [ARCHITECTURE_BY_MODEL_TYPE.get(model_type, str(model_type))]}
-
-
-def canonical_tensors(tensors: dict[str, torch.Tensor], config: ModelConfig,
-                      source: str) -> dict[str, torch.Tensor]:
-    """Check names and shapes against the config; drop RoPE buffers and a tied LM head."""
-    with torch.device("meta"):
-        expected = Transformer(config).state_dict()
-    tensors = {name: t for name, t in tensors.items() if not name.endswith("rotary_emb.inv_freq")}
-    if config.tie_embeddings:
-        tensors.pop("lm_head.weight", None)  # writers often store the tied copy too
-    missing = [name for name in expected if name not in tensors]
-    unexpected = [name for name in tensors if name not in expected]
-    if missing:
-        raise UserError(f"{source}: missing tensor {missing[0]!r} ({len(missing)} missing)")
-    if unexpected:
-        raise UserError(f"{source}: unexpected tensor {unexpected[0]!r} ({len(unexpected)} unexpected)")
-    for name, meta in expected.items():
-        if tuple(tensors[name].shape) != tuple(meta.shape):
-            raise UserError(f"{source}: tensor {name!r} has shape {tuple(tensors[name].shape)}, "
-                            f"config says {tuple(meta.shape)}")
-        if not tensors[name].is_floating_point():
-            raise UserError(f"{source}: tensor {name!r} is {tensors[name].dtype}, expected floats")
-    return {name: tensors[name] for name in expected}
 
 
 def write_folder(out: str | Path, hf_config: dict, tensors: dict[str, torch.Tensor],

@@ -106,23 +106,33 @@ def read_folder_weights(folder: Path) -> dict[str, torch.Tensor]:
     raise UserError(f"{folder}: no {WEIGHTS_NAME} (or sharded index) in the model folder")
 
 
-def load_state_into(model: Transformer, tensors: dict[str, torch.Tensor], source: str) -> None:
-    expected = model.state_dict()
-    tensors = dict(tensors)
-    if model.config.tie_embeddings:
-        tensors.pop("lm_head.weight", None)  # some writers store the tied copy too
-    missing = [k for k in expected if k not in tensors]
-    unexpected = [k for k in tensors if k not in expected and "rotary" not in k]
+def canonical_tensors(tensors: dict[str, torch.Tensor], config: ModelConfig,
+                      source: str) -> dict[str, torch.Tensor]:
+    """Check names, shapes and dtypes against the config; drop RoPE buffers and a tied LM head."""
+    with torch.device("meta"):
+        expected = Transformer(config).state_dict()
+    tensors = {name: t for name, t in tensors.items() if not name.endswith("rotary_emb.inv_freq")}
+    if config.tie_embeddings:
+        tensors.pop("lm_head.weight", None)  # writers often store the tied copy too
+    missing = [name for name in expected if name not in tensors]
+    unexpected = [name for name in tensors if name not in expected]
     if missing:
         raise UserError(f"{source}: missing tensor {missing[0]!r} ({len(missing)} missing)")
     if unexpected:
         raise UserError(f"{source}: unexpected tensor {unexpected[0]!r} ({len(unexpected)} unexpected)")
-    for name, target in expected.items():
-        if tuple(tensors[name].shape) != tuple(target.shape):
+    for name, meta in expected.items():
+        if tuple(tensors[name].shape) != tuple(meta.shape):
             raise UserError(f"{source}: tensor {name!r} has shape {tuple(tensors[name].shape)}, "
-                            f"config says {tuple(target.shape)}")
+                            f"config says {tuple(meta.shape)}")
+        if not tensors[name].is_floating_point():
+            raise UserError(f"{source}: tensor {name!r} is {tensors[name].dtype}, expected floats")
+    return {name: tensors[name] for name in expected}
+
+
+def load_state_into(model: Transformer, tensors: dict[str, torch.Tensor], source: str) -> None:
+    tensors = canonical_tensors(tensors, model.config, source)
     with torch.no_grad():
-        for name, target in expected.items():
+        for name, target in model.state_dict().items():
             target.copy_(tensors[name].to(target.dtype))
 
 
