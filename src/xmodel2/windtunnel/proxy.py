@@ -1,0 +1,296 @@
+"""Proxy training: one short, real pretraining run of a small model, scored by held-out loss.
+
+Every wind-tunnel search (LR transfer, the Bayesian μP search, the data-ratio search) asks the
+same question many times: "how good is this model config at this LR?" `train_proxy` answers it
+with the production recipe in miniature: AdamW with μP's parameter groups (`build_optimizer`),
+the WSD shape (linear warmup, constant stage, exponential decay over the last ~20% of the steps),
+gradient clipping, a seeded token mixture of the bundled corpus (`MixtureDataset`), and the
+mean next-token loss on the held-out Wikipedia validation split.
+
+The tokenizer and the token shards are made once into a cache folder (`prepare_proxy_data`) and
+shared by every run. A run is a pure function of (model config, LR, data, settings): the weights
+come from a seeded generator and the data order from the mixture's seed, so two runs with the
+same inputs give the same loss. A run that diverges returns `math.inf`, never an exception.
+
+`run_in_workers` spreads independent runs over worker processes (spawned, one torch thread
+each: small models run fastest single-threaded, and threads of two processes would fight).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+from xmodel2.errors import UserError
+from xmodel2.model.config import ModelConfig, MupConfig
+
+# The stable-stage mixture of the embedded default config (configs/default.yaml).
+DEFAULT_MIXTURE: tuple[tuple[str, float], ...] = (
+    ("wiki-train", 0.45), ("shakespeare", 0.2), ("python-docs", 0.2), ("python-code", 0.1),
+    ("math", 0.05))
+VALIDATION_PART = "wiki-validation"
+
+# A report callback returns True to stop the run early (e.g. an Optuna pruner's decision).
+ReportCallback = Callable[[int, float], bool]
+
+
+@dataclass(frozen=True)
+class ProxyData:
+    """Where a proxy's tokenizer and shards live (plain paths, so it pickles to workers)."""
+
+    tokenizer: str
+    vocab_size: int
+    sources: dict[str, str]  # corpus part -> shard folder
+    validation: str  # shard folder of the held-out validation split
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    steps: int = 200
+    batch_size: int = 16  # sequences per step
+    seq_len: int = 64
+    warmup_fraction: float = 0.1
+    decay_fraction: float = 0.2  # the exponential decay takes the last 20% of the steps
+    decay_halvings: float = 5.0  # the LR halves this many times over the decay (MiniCPM-like)
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    precision: str = "bf16"
+    val_sequences: int = 64
+    eval_every: int = 0  # intermediate validations for the report callback; 0: final only
+    seed: int = 0
+    mixture: tuple[tuple[str, float], ...] = DEFAULT_MIXTURE
+
+    def validate(self) -> None:
+        for name in ("steps", "batch_size", "seq_len", "val_sequences"):
+            if getattr(self, name) <= 0:
+                raise UserError(f"proxy {name} must be positive, got {getattr(self, name)}")
+        fractions = (self.warmup_fraction, self.decay_fraction)
+        if min(fractions) < 0 or sum(fractions) > 1:
+            raise UserError("proxy warmup and decay fractions must be >= 0 and add up to at most 1")
+        if self.precision not in ("bf16", "fp32"):
+            raise UserError(f"precision must be bf16 or fp32, got {self.precision!r}")
+        if self.eval_every < 0:
+            raise UserError(f"eval_every must be >= 0, got {self.eval_every}")
+        if not self.mixture or any(share <= 0 for _, share in self.mixture):
+            raise UserError("proxy mixture needs at least one source with a positive share")
+
+
+@dataclass
+class ProxyResult:
+    val_loss: float  # math.inf when the run diverged
+    diverged: bool = False
+    stopped_early: bool = False  # the report callback asked to stop
+    steps_done: int = 0
+    train_loss: float = math.nan  # of the last step
+    curve: list[tuple[int, float]] = field(default_factory=list)  # (step, val loss) reported
+    seconds: float = 0.0
+
+
+# ---- data -----------------------------------------------------------------------------------------
+
+def prepare_proxy_data(cache_dir: str | Path, vocab_size: int = 2048, max_sentences: int = 100_000,
+                       parts: Sequence[str] | None = None, log: Callable[[str], None] | None = None,
+                       ) -> ProxyData:
+    """Train the tokenizer and write the shards once under `cache_dir`; later calls reuse them.
+
+    The tokenizer learns from the training parts only; the validation split is encoded with it
+    and never enters a mixture.
+    """
+    from xmodel2.data.corpus import TRAIN_PARTS, corpus_file
+    from xmodel2.data.prepare import prepare
+    from xmodel2.tokenizer import load_tokenizer
+    from xmodel2.tokenizer.train import MODEL_NAME, train_tokenizer
+
+    parts = tuple(parts or TRAIN_PARTS)
+    root = Path(cache_dir) / f"vocab{vocab_size}"
+    tokenizer_dir = root / "tokenizer"
+    if not (tokenizer_dir / MODEL_NAME).is_file():
+        if log:
+            log(f"training a {vocab_size}-piece tokenizer into {tokenizer_dir}")
+        train_tokenizer([corpus_file(p) for p in TRAIN_PARTS], tokenizer_dir, vocab_size=vocab_size,
+                        max_sentences=max_sentences)
+    tokenizer = load_tokenizer(tokenizer_dir)
+    shards = {}
+    for part in parts + (VALIDATION_PART,):
+        result = prepare([str(corpus_file(part))], str(tokenizer_dir), root / "shards" / part,
+                         workers=2, progress=False)
+        if log and not result.up_to_date:
+            log(f"prepared {part}: {result.meta['tokens']:,} tokens")
+        shards[part] = str(root / "shards" / part)
+    validation = shards.pop(VALIDATION_PART)
+    return ProxyData(str(tokenizer_dir), tokenizer.vocab_size, shards, validation)
+
+
+def _mixture(data: ProxyData, settings: ProxySettings):
+    from xmodel2.data.mixture import MixtureDataset, SourceSpec
+
+    budget = settings.steps * settings.batch_size * settings.seq_len
+    total = sum(share for _, share in settings.mixture)
+    specs = []
+    for name, share in settings.mixture:
+        if name not in data.sources:
+            raise UserError(f"proxy mixture: unknown source {name!r}; sources are "
+                            f"{', '.join(sorted(data.sources))}")
+        # at least one sequence per source, so a tiny run still has every source
+        tokens = max(settings.seq_len, round(budget * share / total))
+        specs.append(SourceSpec(name=name, path=data.sources[name], tokens=tokens))
+    return MixtureDataset(specs, seq_len=settings.seq_len, seed=settings.seed)
+
+
+def _validation_blocks(data: ProxyData, settings: ProxySettings) -> list:
+    from xmodel2.data.mixture import SequentialDataset
+
+    held_out = SequentialDataset(data.validation, settings.seq_len, max_sequences=settings.val_sequences)
+    size = settings.batch_size
+    return [held_out.sequences(range(i, min(len(held_out), i + size)))
+            for i in range(0, len(held_out), size)]
+
+
+# ---- models ---------------------------------------------------------------------------------------
+
+def proxy_model(width: int, layers: int, vocab_size: int, seq_len: int, *, mup: bool = True,
+                head_dim: int = 32, dim_model_base: int = 64, scale_emb: float = 12.0,
+                scale_depth: float = 1.4, init_std: float = 0.1) -> ModelConfig:
+    """A small Llama-shaped proxy: fixed head_dim (heads grow with width), FFN 2.5 × width (as nano)."""
+    if width % head_dim:
+        raise UserError(f"width {width} is not a multiple of head_dim {head_dim}")
+    return ModelConfig(
+        vocab_size=vocab_size, hidden_size=width, intermediate_size=round(2.5 * width),
+        num_layers=layers, num_heads=width // head_dim, num_kv_heads=width // head_dim,
+        max_position_embeddings=seq_len,
+        mup=MupConfig(enabled=mup, scale_emb=scale_emb, dim_model_base=dim_model_base,
+                      scale_depth=scale_depth, init_std=init_std))
+
+
+# ---- one run --------------------------------------------------------------------------------------
+
+def wsd_for(settings: ProxySettings):
+    from xmodel2.train.schedule import WSDSchedule
+
+    decay_steps = round(settings.steps * settings.decay_fraction)
+    decay_start = settings.steps - decay_steps
+    warmup = min(decay_start, round(settings.steps * settings.warmup_fraction))
+    return WSDSchedule(warmup_steps=warmup, decay_start=decay_start, total_steps=settings.steps,
+                       shape="exponential", half_life=max(1, decay_steps) / settings.decay_halvings)
+
+
+def train_proxy(config: ModelConfig, lr: float, data: ProxyData, settings: ProxySettings,
+                report: ReportCallback | None = None) -> ProxyResult:
+    """Train `config` at peak LR `lr` for `settings.steps` steps; return the held-out loss."""
+    import torch
+
+    from xmodel2.model.folder import build_model
+    from xmodel2.model.mup import build_optimizer, set_learning_rate
+    from xmodel2.train.loss import next_token_loss
+    from xmodel2.train.trainer import autocast_context, evaluate_loss
+
+    settings.validate()
+    if not lr > 0:
+        raise UserError(f"learning rate must be positive, got {lr}")
+    if config.vocab_size < data.vocab_size:
+        raise UserError(f"model vocab_size {config.vocab_size} < the tokenizer's {data.vocab_size}")
+    started = time.perf_counter()
+    device = torch.device("cpu")
+    model = build_model(config, seed=settings.seed)
+    optimizer = build_optimizer(model, config, lr=lr, weight_decay=settings.weight_decay)
+    schedule = wsd_for(settings)
+    dataset = _mixture(data, settings)
+    validation = _validation_blocks(data, settings)
+    result = ProxyResult(val_loss=math.inf)
+    clip = settings.grad_clip if settings.grad_clip > 0 else math.inf
+    model.train()
+    for step in range(settings.steps):
+        set_learning_rate(optimizer, lr * schedule.factor(step))
+        first = step * settings.batch_size
+        block = dataset.sequences(range(first, first + settings.batch_size))
+        with autocast_context(settings.precision, device):
+            loss = next_token_loss(model, block[:, :-1], block[:, 1:])
+        result.train_loss = loss.item()
+        if not math.isfinite(result.train_loss):
+            return _diverged(result, step, started)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        if not torch.isfinite(grad_norm):
+            return _diverged(result, step, started)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        result.steps_done = step + 1
+        done = result.steps_done == settings.steps
+        if done or (settings.eval_every and result.steps_done % settings.eval_every == 0):
+            value = evaluate_loss(model, validation, settings.precision, device)
+            if not math.isfinite(value):
+                return _diverged(result, step, started)
+            result.curve.append((result.steps_done, value))
+            if done:
+                result.val_loss = value
+            elif report is not None and report(result.steps_done, value):
+                result.stopped_early = True
+                result.val_loss = value
+                break
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _diverged(result: ProxyResult, step: int, started: float) -> ProxyResult:
+    result.diverged, result.val_loss, result.steps_done = True, math.inf, step
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+# ---- many runs ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ProxyJob:
+    """One independent run; `key` lets the caller match results to jobs."""
+
+    key: tuple
+    config: ModelConfig
+    lr: float
+    data: ProxyData
+    settings: ProxySettings
+
+    def cost(self) -> float:
+        """Relative cost, to start the longest runs first (better packing over workers)."""
+        return self.settings.steps * (self.config.num_parameters(False) + self.config.vocab_size
+                                      * self.config.hidden_size)
+
+
+def single_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _run_job(job: ProxyJob) -> ProxyResult:
+    return train_proxy(job.config, job.lr, job.data, job.settings)
+
+
+def run_in_workers(jobs: Sequence[ProxyJob], workers: int) -> Iterator[tuple[ProxyJob, ProxyResult]]:
+    """Yield (job, result) as runs finish; `workers` spawned processes, one torch thread each."""
+    ordered = sorted(jobs, key=lambda j: -j.cost())
+    if workers <= 1:
+        import torch
+
+        threads = torch.get_num_threads()
+        single_thread()
+        try:
+            for job in ordered:
+                yield job, _run_job(job)
+        finally:
+            torch.set_num_threads(threads)
+        return
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
+                             initializer=single_thread) as pool:
+        futures = {pool.submit(_run_job, job): job for job in ordered}
+        for future in as_completed(futures):
+            yield futures[future], future.result()
+
+
+def say(message: str) -> None:
+    print(f"xmodel2: {message}", file=sys.stderr, flush=True)
