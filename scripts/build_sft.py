@@ -85,33 +85,46 @@ def champ_items(wheel: Path) -> list[dict]:
     return items
 
 
-def arithmetic_items(rng: random.Random) -> list[dict]:
-    items = []
-    for _ in range(ARITHMETIC_ITEMS):
-        kind = rng.choice(("add", "multiply", "percent", "linear"))
-        if kind == "add":
-            a, b, c = rng.randint(100, 9999), rng.randint(100, 9999), rng.randint(10, 999)
-            q = f"What is {a} + {b} - {c}?"
-            s = f"First, {a} + {b} = {a + b}.\nThen, {a + b} - {c} = {a + b - c}.\nThe answer is {a + b - c}."
-        elif kind == "multiply":
-            a, b = rng.randint(12, 999), rng.randint(12, 99)
-            tens, ones = b // 10 * 10, b % 10
-            q = f"Compute {a} × {b}."
-            s = (f"Split {b} into {tens} + {ones}.\n{a} × {tens} = {a * tens}.\n{a} × {ones} = {a * ones}.\n"
-                 f"{a * tens} + {a * ones} = {a * b}.\nThe answer is {a * b}.")
-        elif kind == "percent":
-            p, n = rng.choice((5, 10, 15, 20, 25, 30, 40, 50, 75)), rng.randint(2, 80) * 20
-            q = f"A shop sells an item for {n} dollars and gives a {p}% discount. What is the new price?"
-            off = n * p // 100
-            s = (f"The discount is {p}% of {n}, which is {n} × {p} / 100 = {off} dollars.\n"
-                 f"The new price is {n} - {off} = {n - off} dollars.\nThe answer is {n - off}.")
-        else:
-            x, a, b = rng.randint(-20, 20), rng.randint(2, 12), rng.randint(-50, 50)
-            q = f"Solve for x: {a}x + {b} = {a * x + b}."
-            s = (f"Subtract {b} from both sides: {a}x = {a * x + b} - {b} = {a * x}.\n"
-                 f"Divide both sides by {a}: x = {a * x} / {a} = {x}.\nThe answer is {x}.")
-        items.append(chat(q, s, f"generated:arithmetic-{kind}"))
+def unique(make, count: int, rng: random.Random) -> list[dict]:
+    """`count` items from `make(rng)` with distinct prompts (templates can repeat themselves)."""
+    items, seen = [], set()
+    while len(items) < count:
+        item = make(rng)
+        prompt = item["messages"][0]["content"]
+        if prompt not in seen:
+            seen.add(prompt)
+            items.append(item)
     return items
+
+
+def arithmetic_items(rng: random.Random) -> list[dict]:
+    return unique(arithmetic_item, ARITHMETIC_ITEMS, rng)
+
+
+def arithmetic_item(rng: random.Random) -> dict:
+    kind = rng.choice(("add", "multiply", "percent", "linear"))
+    if kind == "add":
+        a, b, c = rng.randint(100, 9999), rng.randint(100, 9999), rng.randint(10, 999)
+        q = f"What is {a} + {b} - {c}?"
+        s = f"First, {a} + {b} = {a + b}.\nThen, {a + b} - {c} = {a + b - c}.\nThe answer is {a + b - c}."
+    elif kind == "multiply":
+        a, b = rng.randint(12, 999), rng.randint(12, 99)
+        tens, ones = b // 10 * 10, b % 10
+        q = f"Compute {a} × {b}."
+        s = (f"Split {b} into {tens} + {ones}.\n{a} × {tens} = {a * tens}.\n{a} × {ones} = {a * ones}.\n"
+             f"{a * tens} + {a * ones} = {a * b}.\nThe answer is {a * b}.")
+    elif kind == "percent":
+        p, n = rng.choice((5, 10, 15, 20, 25, 30, 40, 50, 75)), rng.randint(2, 80) * 20
+        q = f"A shop sells an item for {n} dollars and gives a {p}% discount. What is the new price?"
+        off = n * p // 100
+        s = (f"The discount is {p}% of {n}, which is {n} × {p} / 100 = {off} dollars.\n"
+             f"The new price is {n} - {off} = {n - off} dollars.\nThe answer is {n - off}.")
+    else:
+        x, a, b = rng.randint(-20, 20), rng.randint(2, 12), rng.randint(-50, 50)
+        q = f"Solve for x: {a}x + {b} = {a * x + b}."
+        s = (f"Subtract {b} from both sides: {a}x = {a * x + b} - {b} = {a * x}.\n"
+             f"Divide both sides by {a}: x = {a * x} / {a} = {x}.\nThe answer is {x}.")
+    return chat(q, s, f"generated:arithmetic-{kind}")
 
 
 # ---- code -------------------------------------------------------------------------------------
@@ -257,49 +270,54 @@ def commonsense_items(synsets: dict, frequency: dict) -> list[dict]:
 NAMES = ("Ava", "Ben", "Chloe", "Dan", "Eve", "Finn", "Gia", "Hugo", "Iris", "Jack", "Kai", "Lena")
 TRAITS = (("taller", "tallest", "shortest"), ("older", "oldest", "youngest"), ("faster", "fastest", "slowest"))
 KINDS = (("cats", "animals", "living things"), ("roses", "flowers", "plants"), ("squares", "rectangles", "shapes"),
-         ("violins", "string instruments", "instruments"), ("trout", "fish", "animals"), ("oaks", "trees", "plants"))
+         ("violins", "string instruments", "instruments"), ("trout", "fish", "animals"), ("oaks", "trees", "plants"),
+         ("sparrows", "birds", "animals"), ("hammers", "tools", "objects"), ("novels", "books", "texts"),
+         ("carrots", "vegetables", "foods"), ("buses", "vehicles", "machines"), ("sonnets", "poems", "texts"))
+ADJECTIVES = ("large", "old", "red", "rare", "heavy", "expensive", "small", "famous")
 
 
 def logic_items(rng: random.Random) -> list[dict]:
-    items = []
-    for _ in range(LOGIC_ITEMS):
-        kind = rng.choice(("order", "syllogism", "sequence"))
-        if kind == "order":
-            people = rng.sample(NAMES, rng.randint(3, 5))
-            comparative, top, bottom = rng.choice(TRAITS)
-            facts = [f"{people[i]} is {comparative} than {people[i + 1]}" for i in range(len(people) - 1)]
-            shown = facts[:]
-            rng.shuffle(shown)
-            ask_top = rng.random() < 0.5
-            q = f"{'. '.join(shown)}. Who is the {top if ask_top else bottom}?"
-            chain = " > ".join(people)
-            s = (f"Put the facts in order: {chain}, from the {top} to the {bottom}.\n"
-                 f"So the {top} is {people[0]} and the {bottom} is {people[-1]}.\n"
-                 f"The answer is {people[0] if ask_top else people[-1]}.")
-        elif kind == "syllogism":
-            a, b, c = rng.choice(KINDS)
-            valid = rng.random() < 0.5
-            if valid:
-                q = f"All {a} are {b}. All {b} are {c}. Does it follow that all {a} are {c}?"
-                s = (f"Every one of the {a} is among the {b}, and every one of the {b} is among the {c}.\n"
-                     f"So every one of the {a} is among the {c}.\nThe answer is yes.")
-            else:
-                q = f"All {a} are {b}. Some {b} are large. Does it follow that some {a} are large?"
-                s = (f"The large {b} could all be {b} that are not {a}.\n"
-                     f"The premises do not force any of the {a} to be large.\nThe answer is no.")
+    return unique(logic_item, LOGIC_ITEMS, rng)
+
+
+def logic_item(rng: random.Random) -> dict:
+    kind = rng.choice(("order", "syllogism", "sequence"))
+    if kind == "order":
+        people = rng.sample(NAMES, rng.randint(3, 5))
+        comparative, top, bottom = rng.choice(TRAITS)
+        facts = [f"{people[i]} is {comparative} than {people[i + 1]}" for i in range(len(people) - 1)]
+        shown = facts[:]
+        rng.shuffle(shown)
+        ask_top = rng.random() < 0.5
+        q = f"{'. '.join(shown)}. Who is the {top if ask_top else bottom}?"
+        chain = " > ".join(people)
+        s = (f"Put the facts in order: {chain}, from the {top} to the {bottom}.\n"
+             f"So the {top} is {people[0]} and the {bottom} is {people[-1]}.\n"
+             f"The answer is {people[0] if ask_top else people[-1]}.")
+    elif kind == "syllogism":
+        a, b, c = rng.choice(KINDS)
+        valid = rng.random() < 0.5
+        if valid:
+            q = f"All {a} are {b}. All {b} are {c}. Does it follow that all {a} are {c}?"
+            s = (f"Every one of the {a} is among the {b}, and every one of the {b} is among the {c}.\n"
+                 f"So every one of the {a} is among the {c}.\nThe answer is yes.")
         else:
-            start, step, ratio = rng.randint(1, 20), rng.randint(2, 9), rng.choice((2, 3))
-            if rng.random() < 0.5:
-                seq = [start + step * i for i in range(5)]
-                rule, nxt = f"each term adds {step}", start + step * 5
-            else:
-                seq = [start * ratio ** i for i in range(5)]
-                rule, nxt = f"each term is multiplied by {ratio}", start * ratio ** 5
-            q = f"What number comes next: {', '.join(map(str, seq))}, ...?"
-            diffs = ", ".join(f"{seq[i + 1]} vs {seq[i]}" for i in range(2))
-            s = f"Compare neighbours ({diffs}): {rule}.\nSo the next term is {nxt}.\nThe answer is {nxt}."
-        items.append(chat(q, s, f"generated:logic-{kind}"))
-    return items
+            adjective = rng.choice(ADJECTIVES)
+            q = f"All {a} are {b}. Some {b} are {adjective}. Does it follow that some {a} are {adjective}?"
+            s = (f"The {adjective} {b} could all be {b} that are not {a}.\n"
+                 f"The premises do not force any of the {a} to be {adjective}.\nThe answer is no.")
+    else:
+        start, step, ratio = rng.randint(1, 20), rng.randint(2, 9), rng.choice((2, 3))
+        if rng.random() < 0.5:
+            seq = [start + step * i for i in range(5)]
+            rule, nxt = f"each term adds {step}", start + step * 5
+        else:
+            seq = [start * ratio ** i for i in range(5)]
+            rule, nxt = f"each term is multiplied by {ratio}", start * ratio ** 5
+        q = f"What number comes next: {', '.join(map(str, seq))}, ...?"
+        diffs = ", ".join(f"{seq[i + 1]} vs {seq[i]}" for i in range(2))
+        s = f"Compare neighbours ({diffs}): {rule}.\nSo the next term is {nxt}.\nThe answer is {nxt}."
+    return chat(q, s, f"generated:logic-{kind}")
 
 
 # ---- main -------------------------------------------------------------------------------------
