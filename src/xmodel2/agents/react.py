@@ -28,7 +28,7 @@ class Turn:
 
 @dataclass
 class Trajectory:
-    task: str  # the first observation: "Question: ..." or "Claim: ..."
+    question: str  # the first observation: "Question: ..." or "Claim: ..."
     turns: list[Turn] = field(default_factory=list)
     answer: str = ""
     reward: float = 0.0
