@@ -50,11 +50,17 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = True) -> Iterato
     attempt removes), so readers only ever see complete folders.
     """
     path = Path(path)
+    if path.exists() and not _replaceable(path):
+        from xmodel2.errors import UserError
+
+        raise UserError(f"{path}: exists and was not written by xmodel2; refusing to replace it "
+                        "(choose another output folder or remove it)")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
+    (tmp / OWNER_MARK).write_text("written by xmodel2; this folder may be replaced by it\n")
     try:
         yield tmp
         for item in [tmp, *tmp.rglob("*")]:  # files copied or made by mkstemp may be 0600
@@ -74,6 +80,16 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = True) -> Iterato
         shutil.rmtree(old)
     else:
         os.replace(tmp, path)
+
+
+OWNER_MARK = ".xmodel2"
+
+
+def _replaceable(path: Path) -> bool:
+    """Only an empty folder or one we wrote may be replaced: `--out ~/` must never wipe a home."""
+    if not path.is_dir():
+        return False
+    return (path / OWNER_MARK).is_file() or not any(path.iterdir())
 
 
 def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
