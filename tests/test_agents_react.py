@@ -217,7 +217,7 @@ def test_smollm2_react_end_to_end(smollm2_dir, tmp_path):  # noqa: F811
     assert code == 0
     results = json.loads(output.read_text())
     table = {(r["task"], r["metric"]): r["value"] for r in results["results"]}
-    print(json.dumps(table, indent=1))
+    print("\n".join(f"{task} {metric} {value}" for (task, metric), value in table.items()))
     for task in ("hotpotqa_react", "fever_react"):
         records = (tmp_path / f"results.{task}.traces.jsonl").read_text().splitlines()
         assert len(records) == 5
