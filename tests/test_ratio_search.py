@@ -123,3 +123,15 @@ def test_quadratic_fit_finds_an_interior_optimum():
     a, b, _ = fit_quadratic(shares, values)
     assert -b / (2 * a) == pytest.approx(0.6)
     assert fit_quadratic([0.1, 0.1, 0.2], [1, 2, 3]) is None
+
+
+def test_eval_accuracy_reads_xmodel2_eval_results(setup, tmp_path):
+    from xmodel2.ratio_search.branch import eval_accuracy
+    from xmodel2.train.checkpoint import latest_checkpoint
+
+    _, out, _ = setup
+    task = Path(__file__).resolve().parents[1] / "data" / "eval" / "arc_easy.jsonl"
+    value = eval_accuracy(latest_checkpoint(out / "stable"), str(task), 4, tmp_path / "eval.json")
+    results = json.loads((tmp_path / "eval.json").read_text())["results"]
+    assert value == next(r["value"] for r in results if r["metric"] == "acc")
+    assert value in (0.0, 0.25, 0.5, 0.75, 1.0)

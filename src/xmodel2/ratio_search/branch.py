@@ -6,7 +6,7 @@ import copy
 import math
 import os
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from xmodel2.data.decay_mixture import SFT_VALIDATION, decay_stage_index, with_decay_mixture
@@ -28,7 +28,6 @@ class BranchSettings:
     eval_tasks: str | None = None  # comma-separated `xmodel2 eval` tasks, scored when given
     eval_limit: int | None = 50
     keep_checkpoints: bool = False
-    extra: dict = field(default_factory=dict)
 
 
 def checkpoint_step(checkpoint: Path) -> int:
@@ -86,8 +85,11 @@ def heldout_loss(model, run: RunConfig, shard_dir: Path, sequences: int, device)
     return evaluate_loss(model, blocks, run.train.precision, device)
 
 
+ACCURACY_METRICS = ("acc", "exact_match", "pass@1")  # the headline metric of each task kind
+
+
 def eval_accuracy(checkpoint: Path, tasks: str, limit: int | None, out_file: Path) -> float:
-    """Mean of the first accuracy-like metric of each `xmodel2 eval` task."""
+    """Mean over tasks of each task's headline accuracy, measured by `xmodel2 eval`."""
     from xmodel2.cli import main
 
     args = ["eval", str(checkpoint), "--tasks", tasks, "--output", str(out_file)]
@@ -95,20 +97,13 @@ def eval_accuracy(checkpoint: Path, tasks: str, limit: int | None, out_file: Pat
         args += ["--limit", str(limit)]
     if main(args) != 0:
         raise UserError(f"xmodel2 eval failed on {checkpoint} (tasks {tasks})")
-    results = read_json(out_file, "eval results")
-    scores = [v for k, v in _flatten(results) if k.endswith(("acc", "accuracy", "exact_match", "pass@1"))
-              and isinstance(v, (int, float))]
-    if not scores:
-        raise UserError(f"{out_file}: no accuracy in the eval results")
-    return sum(scores) / len(scores)
-
-
-def _flatten(data, prefix: str = ""):
-    if isinstance(data, dict):
-        for key, value in data.items():
-            yield from _flatten(value, f"{prefix}.{key}" if prefix else str(key))
-    else:
-        yield prefix, data
+    per_task: dict[str, float] = {}
+    for result in read_json(out_file, "eval results")["results"]:
+        if result["metric"] in ACCURACY_METRICS and result["value"] is not None:
+            per_task.setdefault(result["task"], result["value"])
+    if not per_task:
+        raise UserError(f"{out_file}: no accuracy ({', '.join(ACCURACY_METRICS)}) in the eval results")
+    return sum(per_task.values()) / len(per_task)
 
 
 def run_branch(settings: BranchSettings, sft_share: float, weights: dict[str, float], trial_dir: Path) -> dict:

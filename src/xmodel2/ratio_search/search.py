@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from xmodel2.data.decay_mixture import add_sft_sources, decay_stage_index, with_decay_mixture
+from xmodel2.data.decay_mixture import add_sft_sources, decay_stage_index, mixture_fragment, with_decay_mixture
 from xmodel2.data.sft import SFTFile, prepare_sft
 from xmodel2.errors import UserError
 from xmodel2.fileio import atomic_write_text
@@ -107,14 +107,15 @@ def run_search(run: RunConfig, out_dir: Path, options: SearchOptions) -> dict:
                     sorted(prepared.train_files))
     direction = OBJECTIVES[options.objective][1]
     study = open_study(storage, options.study, direction, grid, options.seed, spec["attrs"])
-    say(f"xmodel2: {n_trials} trials ({options.sampler}) with {options.workers} workers; study "
-        f"{options.study!r} in {storage}; logs in {out_dir}/worker-N.log")
-    if finished_trials(study) < n_trials:
+    done = finished_trials(study)
+    if done < n_trials:
+        say(f"xmodel2: {n_trials - done} of {n_trials} trials ({options.sampler}) to run with {options.workers} "
+            f"workers; study {options.study!r} in {storage}; logs in {out_dir}/worker-N.log")
         run_workers(spec, out_dir, options.workers)
-    return summarize(run, prepared, study, out_dir, options.objective)
+    return summarize(run, prepared, study, out_dir, options.objective, options.max_repeats)
 
 
-def summarize(run: RunConfig, prepared, study, out_dir: Path, objective: str) -> dict:
+def summarize(run: RunConfig, prepared, study, out_dir: Path, objective: str, max_repeats: float) -> dict:
     from xmodel2.ratio_search.plot import fit_quadratic, plot_search
 
     trials = completed_trials(study)
@@ -125,12 +126,17 @@ def summarize(run: RunConfig, prepared, study, out_dir: Path, objective: str) ->
         t["minimize"] = minimize
     best = study.best_trial
     best_run = with_decay_mixture(add_sft_sources(run, prepared), best.user_attrs["sft_share"],
-                                  best.user_attrs["weights"])
+                                  best.user_attrs["weights"], max_repeats=max_repeats)
     header = (f"# xmodel2 ratio-search: best of {len(trials)} trials, SFT share "
               f"{best.user_attrs['sft_share']:.0%}, mix {best.user_attrs['label']}, "
               f"{objective} objective {best.value:.4f}\n# run it: xmodel2 pretrain {out_dir / 'best-mixture.yaml'}\n")
     atomic_write_text(out_dir / "best-mixture.yaml",
                       header + yaml.safe_dump(best_run.to_dict(), sort_keys=False, allow_unicode=True))
+    fragment = mixture_fragment(best_run)
+    atomic_write_text(out_dir / "best-decay-stage.yaml",
+                      f"# the best decay stage (stages.{fragment['stage_index']}) and the SFT sources it adds to "
+                      f"data.sources; best-mixture.yaml is the whole run config\n"
+                      + yaml.safe_dump(fragment, sort_keys=False, allow_unicode=True))
     atomic_write_text(out_dir / "trials.jsonl",
                       "".join(json.dumps(t, sort_keys=True) + "\n" for t in sorted(trials, key=lambda t: t["number"])))
     metric = {"mean": "mean of held-out SFT and pretraining loss", "sft": "held-out SFT loss (nats/token)",
