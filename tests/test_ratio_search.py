@@ -135,3 +135,13 @@ def test_eval_accuracy_reads_xmodel2_eval_results(setup, tmp_path):
     results = json.loads((tmp_path / "eval.json").read_text())["results"]
     assert value == next(r["value"] for r in results if r["metric"] == "acc")
     assert value in (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def test_xmodel2_pretrain_runs_the_best_mixture(setup, tmp_path):
+    _, out, _ = setup
+    args = ["pretrain", str(out / "best-mixture.yaml"), "--out", str(tmp_path / "run"), "--no-progress", "--no-finish",
+            f"--tokenizer.path={out / 'stable' / 'tokenizer'}", "--train.steps=8", "--stages.1.steps=4"]
+    assert main(args) == 0
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["step"] == 8 and records[-1]["stage"] == "decay"
+    assert any((tmp_path / "run" / "data").glob("sft-*"))
