@@ -56,7 +56,7 @@ def setup(tmp_path_factory):
         """))
     out = root / "search"
     args = ["ratio-search", str(config), "--out", str(out), *sft, "--shares", "0,0.9", "--mixes", "uniform,reasoning",
-            "--held-out-percent", "20", "--workers", "2"]
+            "--held-out-percent", "20", "--workers", "2", "--stable-steps", "16"]
     assert main(args) == 0
     return config, out, args
 
@@ -73,6 +73,9 @@ def test_search_runs_every_trial_and_sft_beats_no_sft(setup):
     without = max(t["sft_val_loss"] for t in trials if t["sft_share"] == 0.0)
     assert with_sft < without - 0.1  # held-out reasoning/instruction loss
     assert all(t["sft_answer_loss"] > 0 and t["pretrain_val_loss"] > 0 for t in trials)
+    from xmodel2.train.checkpoint import list_checkpoints
+
+    assert [p.name for p in list_checkpoints(out / "stable")] == ["step-00000016"]  # --stable-steps 16
     for t in trials:  # branches keep no checkpoints unless asked
         assert not (out / "trials" / f"trial-{t['number']:04d}" / "checkpoints").exists()
     sft_mixture = {k: v for k, v in trials[0]["mixture"].items() if k.startswith("sft-")}

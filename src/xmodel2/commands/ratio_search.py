@@ -14,7 +14,8 @@ on held-out SFT and pretraining loss (and `xmodel2 eval` accuracy with --eval-ta
 in an Optuna study (--storage, default OUT/study.db): re-running resumes, and other machines may
 join with the same --storage/--study. Writes OUT/best-mixture.yaml (a run config for `xmodel2
 pretrain` with the best decay mixture), OUT/trials.jsonl and OUT/ratio-search.png.
---quick: 20 trials (10 shares x 2 mixes) of 16 decay steps with smaller held-out sets.
+--quick: a 240-step stable stage (unless --checkpoint), then 20 trials (10 shares x 2 mixes) of
+16 decay steps each, scored on smaller held-out sets.
 Config keys can be overridden as in pretrain: --train.seed=1 ...
 """
 
@@ -31,6 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mixes", default=None, help="grid category mixes: uniform,reasoning,knowledge,code")
     parser.add_argument("--trials", type=int, default=None, help="completed trials wanted (default: grid size, 40 for tpe)")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--stable-steps", type=int, default=None,
+                        help="without --checkpoint: train the stable stage for this many steps (default: the config's)")
     parser.add_argument("--decay-steps", type=int, default=None, help="steps of each branch (default: the config's)")
     parser.add_argument("--half-life", type=float, default=None, help="exponential decay half-life in steps")
     parser.add_argument("--objective", choices=("mean", "sft", "answer", "accuracy"), default="mean",
@@ -67,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
     options = SearchOptions(
         sft_files=[parse_sft_file_spec(s) for s in args.sft] if args.sft else bundled_sft_files(),
         checkpoint=Path(args.checkpoint) if args.checkpoint else None,
+        stable_steps=args.stable_steps or (240 if args.quick else None),
         held_out_percent=args.held_out_percent, sampler=args.sampler, trials=args.trials,
         workers=args.workers, decay_steps=args.decay_steps or (16 if args.quick else None),
         half_life=args.half_life, objective=args.objective, eval_tasks=args.eval_tasks,

@@ -24,6 +24,7 @@ from xmodel2.train.runconfig import RunConfig
 class SearchOptions:
     sft_files: list[SFTFile]
     checkpoint: Path | None = None
+    stable_steps: int | None = None  # train the stable stage this long when no checkpoint is given
     held_out_percent: int = 5
     sampler: str = "grid"
     shares: list[float] = field(default_factory=lambda: [round(0.1 * i, 1) for i in range(10)])
@@ -47,17 +48,24 @@ def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def stable_checkpoint(run: RunConfig, out_dir: Path) -> Path:
-    """Train (or resume) the run's stages before its decay stage into OUT/stable; its last checkpoint."""
+def stable_checkpoint(run: RunConfig, out_dir: Path, total_steps: int | None = None) -> Path:
+    """Train (or resume) the run's stages before its decay stage into OUT/stable; its last checkpoint.
+
+    `total_steps` shortens them: the last of them is cut so that they add up to it.
+    """
     from xmodel2.train.run import run_pretraining
 
     index = decay_stage_index(run)
-    steps = run.stage_steps()
+    steps = run.stage_steps()[:index]
+    if total_steps is not None:
+        if total_steps <= sum(steps[:-1]):
+            raise UserError(f"--stable-steps {total_steps} leaves no steps for stage {run.stages[index - 1].name!r}")
+        steps[-1] = total_steps - sum(steps[:-1])
     stable = copy.deepcopy(run)
     stable.stages = stable.stages[:index]
     for stage, n in zip(stable.stages, steps):
         stage.steps = n
-    stable.train.steps = sum(steps[:index])
+    stable.train.steps = sum(steps)
     stable.checkpoint.every = stable.train.steps
     stable.checkpoint.keep = 1
     say(f"xmodel2: training the stable stage ({stable.train.steps} steps) into {out_dir / 'stable'}")
@@ -86,7 +94,7 @@ def run_search(run: RunConfig, out_dir: Path, options: SearchOptions) -> dict:
     if any(not 0 <= s <= 1 for s in options.shares):
         raise UserError("--shares: every share must be in [0, 1]")
     out_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint = options.checkpoint or stable_checkpoint(run, out_dir)
+    checkpoint = options.checkpoint or stable_checkpoint(run, out_dir, options.stable_steps)
     if not checkpoint.is_dir():
         raise UserError(f"{checkpoint}: checkpoint folder not found")
 
