@@ -56,7 +56,8 @@ def test_three_trials_then_two_more_in_the_same_study(searched: tuple[Path, int,
     for t in study.trials:
         assert 0 < t.value < 30 and sorted(t.intermediate_values) == [2]
         assert set(t.params) == {"scale_emb", "dim_model_base", "scale_depth", "lr"}
-        assert 2 <= t.params["scale_emb"] <= 20 and t.params["dim_model_base"] in (32, 64, 128, 256, 512, 1024)
+        assert 2 <= t.params["scale_emb"] <= 20
+        assert t.params["dim_model_base"] in (32, 64, 128, 256, 512, 1024)
         assert 0.001 <= t.params["lr"] <= 0.1 and 1.0 <= t.params["scale_depth"] <= 5.0
     # a resumed study does not replay the first invocation's random start-up samples
     params = [tuple(sorted(t.params.items())) for t in study.trials]

@@ -241,7 +241,8 @@ def _add_search(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--storage", default=None,
                         help="Optuna storage URL (default: sqlite:///OUT/study.db)")
     parser.add_argument("--study-name", default="mup-search", help="(default: %(default)s)")
-    parser.add_argument("--steps", type=int, default=120, help="training steps per trial (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=120,
+                        help="training steps per trial (default: %(default)s)")
     parser.add_argument("--eval-every", type=int, default=None,
                         help="steps between intermediate validations for pruning (default: steps/5)")
     parser.add_argument("--batch-size", type=int, default=16, help="(default: %(default)s)")

@@ -38,7 +38,7 @@ def find_optimum(log2_lrs: Sequence[float], losses: Sequence[float]) -> Optimum 
         return Optimum(xs[0], ys[0], edge="low")
     if best == len(xs) - 1:
         return Optimum(xs[-1], ys[-1], edge="high")
-    (x0, y0), (x1, y1), (x2, y2) = (xs[best - 1], ys[best - 1]), (xs[best], ys[best]), (xs[best + 1], ys[best + 1])
+    (x0, y0), (x1, y1), (x2, y2) = zip(xs[best - 1:best + 2], ys[best - 1:best + 2])
     if not (math.isfinite(y0) and math.isfinite(y2)):
         # a diverged neighbour gives no curvature: the best grid point is all we know
         return Optimum(x1, y1)

@@ -71,7 +71,8 @@ def format_summary(summary: dict) -> str:
         best = summary["best"]
         lines.append(f"best: trial {best['trial']}, held-out loss {best['value']:.4f}, {best['params']}")
         if summary["importances"]:
-            lines.append("importances: " + ", ".join(f"{k} {v:.2f}" for k, v in summary["importances"].items()))
+            ranked = summary["importances"].items()
+            lines.append("importances: " + ", ".join(f"{k} {v:.2f}" for k, v in ranked))
         else:
             lines.append(f"importances: not available ({summary['importances_method']})")
         lines.append("pretrain with: " + " ".join(summary["pretrain_overrides"]))
