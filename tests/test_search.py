@@ -136,3 +136,24 @@ def test_subprocess_help_and_error() -> None:
     bad = subprocess.run([sys.executable, "-m", "xmodel2", "windtunnel", "search", "--trials", "-1"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0
+
+
+def test_report_handles_diverged_trials(tmp_path: Path) -> None:
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    from xmodel2.windtunnel.search_report import write_report
+
+    space = {"scale_emb": IntDistribution(2, 20), "dim_model_base": CategoricalDistribution([32, 64, 128]),
+             "scale_depth": FloatDistribution(1.0, 5.0, step=0.1), "lr": FloatDistribution(0.001, 0.1, step=0.001)}
+    study = optuna.create_study(study_name="report")
+    for i in range(12):
+        params = {"scale_emb": 2 + i, "dim_model_base": (32, 64, 128)[i % 3],
+                  "scale_depth": 1.0 + 0.3 * i, "lr": 0.005 * (i + 1)}
+        value = float("inf") if i == 11 else 5.0 + abs(i - 4) * 0.1  # the largest LR diverged
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=space, value=value))
+    summary = write_report(study, tmp_path, "memory", None, 0.0)
+    assert summary["best"]["trial"] == 4 and summary["best"]["value"] == pytest.approx(5.0)
+    assert json.loads((tmp_path / "search.json").read_text())["trial_rows"][11]["value"] is None
+    assert summary["good_threshold"] == pytest.approx(5.1)  # the best quarter of 11 finite trials
+    for name in ("history.png", "good_region.png", "best_config.yaml"):
+        assert (tmp_path / name).stat().st_size > 0

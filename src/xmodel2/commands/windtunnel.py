@@ -230,9 +230,10 @@ model.mup and train.lr sections `xmodel2 pretrain` accepts, with the matching --
 overrides), search.json (trials, parameter importances, timing), history.png and
 good_region.png (trials under a loss threshold over each pair of parameters).
 
-Cost: a default trial (120 steps of 16 x 64 tokens on nano) takes about 1-2 minutes on one
-core, so the report's 300 trials take about 4-5 hours with 2 workers; pruned trials are
-cheaper."""
+Cost: a default trial (120 steps of 16 x 64 tokens on nano) takes about 30 s of CPU time;
+measured 126 s wall per trial with 2 workers on 2 cores shared with other jobs. The report's
+300 trials take about 1.5 hours with 2 workers on 2 idle cores (about 5 hours on a busy
+machine); pruned trials are cheaper."""
 
 
 def _add_search(parser: argparse.ArgumentParser) -> None:

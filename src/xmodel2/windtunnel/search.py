@@ -4,7 +4,7 @@ Space (the report's appendix): scale_emb 2..20 step 1; dim_model_base in {32, ..
 scale_depth 1..5 step 0.1; peak LR 0.001..0.1 step 0.001. Each trial is a real short training
 run (`train_proxy`) scored by held-out loss; intermediate validation losses go to a median
 pruner, which stops trials that trail the median of earlier trials at the same step. A run that
-diverges scores the loss of a uniform guess, ln(vocab), so TPE learns that region is bad.
+diverges scores +inf: TPE ranks it last, and the importance analysis leaves it out.
 
 The study lives in an Optuna storage (a SQLite file by default; any RDB URL such as
 postgresql://... lets several machines share one study). Creating it is idempotent, so a second
@@ -128,9 +128,7 @@ def objective(trial, data: ProxyData, settings: SearchSettings) -> float:
     trial.set_user_attr("diverged", result.diverged)
     if result.stopped_early:
         raise optuna.TrialPruned(f"pruned at step {result.steps_done}")
-    if result.diverged:
-        return math.log(data.vocab_size)
-    return result.val_loss
+    return result.val_loss  # math.inf when the run diverged
 
 
 def run_trials(url: str, name: str, n_trials: int, seed: int, data: ProxyData,
@@ -151,10 +149,10 @@ def _logger(log: Callable[[str], None]):
         p = trial.params
         what = (f"val loss {trial.value:.4f}" if trial.value is not None else trial.state.name.lower())
         if trial.user_attrs.get("diverged"):
-            what += " (diverged)"
+            what = "diverged"
         log(f"trial {trial.number}: {what} in {trial.user_attrs.get('seconds', 0):.0f} s "
             f"(scale_emb {p.get('scale_emb')}, dim_model_base {p.get('dim_model_base')}, "
-            f"scale_depth {p.get('scale_depth')}, lr {p.get('lr')})")
+            f"scale_depth {p.get('scale_depth', 0):.1f}, lr {p.get('lr', 0):.3f})")
     return callback
 
 
@@ -200,7 +198,8 @@ def run_search(url: str, name: str, n_trials: int, data: ProxyData, settings: Se
 def trial_rows(study) -> list[dict]:
     rows = []
     for t in study.trials:
-        rows.append({"number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
+        value = t.value if t.value is None or math.isfinite(t.value) else None  # JSON has no inf
+        rows.append({"number": t.number, "state": t.state.name, "value": value, "params": t.params,
                      "seconds": t.user_attrs.get("seconds"), "diverged": t.user_attrs.get("diverged"),
                      "intermediate": sorted(t.intermediate_values.items())})
     return rows

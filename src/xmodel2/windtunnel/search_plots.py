@@ -38,7 +38,8 @@ def plot_history(rows: list[dict], path: str | Path, title: str) -> Path:
     """Each trial's final loss (pruned: its last reported loss), and the best so far."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
-    done = [r for r in rows if r["state"] == "COMPLETE"]
+    done = [r for r in rows if r["state"] == "COMPLETE" and r["value"] is not None]
+    diverged = [r["number"] for r in rows if r["state"] == "COMPLETE" and r["value"] is None]
     pruned = [r for r in rows if r["state"] == "PRUNED" and r["intermediate"]]
     ax.plot([r["number"] for r in done], [r["value"] for r in done], "o", color="tab:blue",
             ms=4, label="completed")
@@ -51,9 +52,20 @@ def plot_history(rows: list[dict], path: str | Path, title: str) -> Path:
         ys.append(best)
     ax.step(xs, ys, where="post", color="tab:red", label="best so far")
     if done:
+        # A few awful trials would flatten the rest: the axis stops at the 90th percentile
+        # (when the worst is far beyond it) and trials above it sit on the top edge.
         values = sorted(r["value"] for r in done)
-        top = values[min(len(values) - 1, max(1, int(0.9 * len(values))))]
-        ax.set_ylim(values[0] - 0.05 * (top - values[0] or 1), top + 0.1 * (top - values[0] or 1))
+        best, q90 = values[0], values[int(0.9 * (len(values) - 1))]
+        top = values[-1] if values[-1] - best <= 2 * (q90 - best) else q90
+        span = top - best or 1.0
+        ax.set_ylim(best - 0.05 * span, top + 0.1 * span)
+        off = [r["number"] for r in done if r["value"] > top + 0.1 * span]
+        if off:
+            ax.plot(off, [top + 0.1 * span] * len(off), "^", color="tab:blue", ms=6, clip_on=False,
+                    label="completed, off the scale")
+    if diverged:
+        ax.plot(diverged, [ax.get_ylim()[1]] * len(diverged), "v", color="tab:red", ms=6,
+                label="diverged", clip_on=False)
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -69,7 +81,7 @@ def plot_history(rows: list[dict], path: str | Path, title: str) -> Path:
 def plot_good_region(rows: list[dict], threshold: float, path: str | Path, title: str) -> Path:
     """Every pair of parameters: completed trials in grey, those under `threshold` coloured by loss."""
     plt = _pyplot()
-    done = [r for r in rows if r["state"] == "COMPLETE"]
+    done = [r for r in rows if r["state"] == "COMPLETE" and r["value"] is not None]
     good = sorted((r for r in done if r["value"] <= threshold), key=lambda r: -r["value"])
     n = len(PARAMS) - 1
     fig, axes = plt.subplots(n, n, figsize=(3.1 * n, 3.0 * n), squeeze=False)

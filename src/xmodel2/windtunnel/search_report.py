@@ -21,7 +21,7 @@ def good_threshold(values: list[float]) -> float:
 
 def write_report(study, out: Path, url: str, threshold: float | None, seconds: float) -> dict:
     rows = trial_rows(study)
-    done = [r for r in rows if r["state"] == "COMPLETE"]
+    done = [r for r in rows if r["state"] == "COMPLETE" and r["value"] is not None]  # not diverged
     title = f"μP search {study.study_name!r}: {len(rows)} trials"
     summary: dict = {
         "study": study.study_name, "storage": url, "seconds_this_invocation": seconds,
