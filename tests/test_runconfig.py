@@ -76,3 +76,17 @@ def test_cli_missing_config_file_subprocess(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"xmodel2: error: {tmp_path / 'nope.yaml'}: config file not found"
+
+
+def test_fragment_merges_before_overrides(tmp_path):
+    fragment = tmp_path / "best_config.yaml"
+    fragment.write_text("model:\n  mup: {scale_emb: 16, dim_model_base: 64}\ntrain: {lr: 0.015}\n")
+    run = load_run_config(None, ["--train.lr=0.02"], fragments=[fragment])
+    config = model_config(run, 100)
+    assert (config.mup.scale_emb, config.mup.dim_model_base, config.mup.scale_depth) == (16, 64, 1.4)
+    assert run.train.lr == 0.02  # the command line still wins
+    assert config.hidden_size == 256  # the rest of the default is kept
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: {lrr: 0.1}\n")
+    with pytest.raises(UserError, match="unknown key train.lrr"):
+        load_run_config(None, [], fragments=[bad])

@@ -25,6 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="output folder (default: runs/<config name>)")
     parser.add_argument("--init-from", default=None, metavar="CHECKPOINT",
                         help="branch from a checkpoint folder (weights, optimizer and step) into --out")
+    parser.add_argument("--set-from", action="append", default=[], metavar="FRAGMENT.yaml",
+                        help="merge a config fragment (e.g. windtunnel search's best_config.yaml or "
+                             "ratio-search's best mixture) into the config; repeatable")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--no-finish", action="store_true",
                         help="skip the final sample, perplexity and plot")
@@ -35,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from xmodel2.train.run import run_pretraining
     from xmodel2.train.runconfig import load_run_config
 
-    run_config = load_run_config(args.config, args.overrides)
+    run_config = load_run_config(args.config, args.overrides, fragments=args.set_from)
     name = Path(args.config).stem if args.config else "default"
     out_dir = Path(args.out) if args.out else Path("runs") / name
     started = time.perf_counter()

@@ -182,10 +182,16 @@ def validate(run: RunConfig) -> None:
     run.stage_steps()
 
 
-def load_run_config(path: str | Path | None, overrides: list[str]) -> RunConfig:
-    """Read a run config (the embedded default when `path` is None) and apply overrides."""
+def load_run_config(path: str | Path | None, overrides: list[str],
+                    fragments: list[str | Path] = ()) -> RunConfig:
+    """Read a run config (the embedded default when `path` is None), deep-merge config fragments
+    (e.g. the wind tunnel's best_config.yaml) into it, then apply command-line overrides."""
     path = Path(path) if path is not None else DEFAULT_CONFIG
     data, lines = read_yaml(path)
+    for fragment in fragments:
+        extra, _ = read_yaml(fragment)
+        data = deep_merge(data, extra)
+        lines = {k: v for k, v in lines.items() if k not in _dotted_keys(extra)}
     data = apply_overrides(data, overrides)
     for key in overridden_keys(overrides):  # errors in overridden values are not the file's
         lines.pop(key, None)
@@ -193,6 +199,26 @@ def load_run_config(path: str | Path | None, overrides: list[str]) -> RunConfig:
     run = load_sections(RunConfig, data, lines=lines, source=str(path))
     validate(run)
     return run
+
+
+def deep_merge(base: dict, extra: dict) -> dict:
+    """`extra` wins; mappings merge key by key, everything else is replaced."""
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _dotted_keys(data: dict, prefix: str = "") -> set[str]:
+    keys = set()
+    for key, value in data.items():
+        keys.add(prefix + str(key))
+        if isinstance(value, dict):
+            keys |= _dotted_keys(value, f"{prefix}{key}.")
+    return keys
 
 
 def run_config_from_dict(data: dict) -> RunConfig:

@@ -42,7 +42,8 @@ def write_report(study, out: Path, url: str, threshold: float | None, seconds: f
                     "importances": values, "importances_method": how, "good_threshold": cut}
         header = (f"# xmodel2 windtunnel search: best of {len(done)} completed trials of study "
                   f"{study.study_name!r}\n# (trial {best['number']}, held-out loss {best['value']:.4f}). "
-                  "Apply with:\n# xmodel2 pretrain CONFIG " + " ".join(fragment_overrides(fragment)) + "\n")
+                  f"Apply with:\n# xmodel2 pretrain CONFIG --set-from {out / 'best_config.yaml'}\n"
+                  "# or: xmodel2 pretrain CONFIG " + " ".join(fragment_overrides(fragment)) + "\n")
         atomic_write_text(out / "best_config.yaml", header + yaml.safe_dump(fragment, sort_keys=False))
         written.append(out / "best_config.yaml")
         written.append(plot_good_region(rows, cut, out / "good_region.png", title))
