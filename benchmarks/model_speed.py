@@ -1,7 +1,7 @@
 """Our model vs transformers' LlamaForCausalLM on the same shapes and weights (both eager).
 
 Training: forward + backward tokens/s in fp32 and with bf16 autocast. Decoding: greedy tokens/s at
-batch 1 (our KV-cache loop vs `generate`). Each figure is the median of --repeats timed runs after
+batch 1 (our KV-cache loop, eager and compiled, vs `generate`). Each figure is the median of --repeats timed runs after
 a warm-up; ratios (ours / transformers) come last and everything is written as JSON.
 
     python benchmarks/model_speed.py --preset nano --out benchmarks/model_speed.json
@@ -21,21 +21,11 @@ import torch.nn.functional as F
 
 
 def build_pair(preset_name: str, vocab: int, seed: int):
-    import transformers
-
-    from xmodel2.interop.llama import fold_mup, llama_config
+    from xmodel2.bench import build_pair as same_function_pair
     from xmodel2.model.config import preset
-    from xmodel2.model.folder import build_model
 
     config = preset(preset_name, vocab_size=vocab)
-    ours = build_model(config, seed=seed)
-    # transformers gets the same function: μP folded into plain Llama weights.
-    tensors, tied = fold_mup(config, dict(ours.state_dict()))
-    hf_config = transformers.LlamaConfig(**{k: v for k, v in llama_config(config, tied).items()
-                                            if k not in ("architectures", "model_type")})
-    theirs = transformers.LlamaForCausalLM(hf_config)
-    theirs.load_state_dict(tensors, strict=not tied)
-    return config, ours, theirs
+    return (config, *same_function_pair(config, seed))
 
 
 def timed(fn, repeats: int) -> list[float]:
@@ -116,7 +106,12 @@ def main() -> None:
         ref = theirs.generate(prompt, max_new_tokens=16, do_sample=False, eos_token_id=None,
                               pad_token_id=0)[0, args.prompt:].tolist()
     results["decode_same_greedy_tokens"] = same == ref
-    for name, fn in (("ours", ours_decode), ("transformers", theirs_decode)):
+    def ours_compiled_decode():
+        out = generate_ids(ours, [prompt[0].tolist()], new, compile=True)
+        assert len(out[0]) == new
+
+    for name, fn in (("ours", ours_decode), ("ours_compiled", ours_compiled_decode),
+                     ("transformers", theirs_decode)):
         times = timed(fn, args.repeats)
         results["decode_tokens_per_s"][name] = new / statistics.median(times)
         print(f"decode batch 1     {name:12s} {new / statistics.median(times):10.1f} tok/s")
@@ -126,6 +121,7 @@ def main() -> None:
         "train_fp32": train["ours_fp32"] / train["transformers_fp32"],
         "train_bf16_autocast": train["ours_bf16_autocast"] / train["transformers_bf16_autocast"],
         "decode": decode["ours"] / decode["transformers"],
+        "decode_compiled": decode["ours_compiled"] / decode["transformers"],
     }
     print(f"greedy tokens identical: {results['decode_same_greedy_tokens']}")
     for key, value in results["ratios"].items():
