@@ -26,7 +26,7 @@ def plot_search(trials: list[dict], metric_label: str, out: Path, title: str) ->
 
     labels = sorted({t["label"] for t in trials})
     colours = plt.get_cmap("tab10")
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    fig, ax = plt.subplots(figsize=(8.5, 4.5), dpi=120)
     for i, label in enumerate(labels):
         chosen = [t for t in trials if t["label"] == label]
         ax.scatter([100 * t["sft_share"] for t in chosen], [t["value"] for t in chosen], s=36,
@@ -49,7 +49,7 @@ def plot_search(trials: list[dict], metric_label: str, out: Path, title: str) ->
     ax.set_ylabel(metric_label)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never over a marker
     fig.tight_layout()
     import io
 
