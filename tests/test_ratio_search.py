@@ -148,3 +148,8 @@ def test_xmodel2_pretrain_runs_the_best_mixture(setup, tmp_path):
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["step"] == 8 and records[-1]["stage"] == "decay"
     assert any((tmp_path / "run" / "data").glob("sft-*"))
+    # the fragment merges into the searched config and gives the same run config
+    merged = load_run_config(setup[0], [], fragments=[out / "best-decay-stage.yaml"]).stages
+    full = load_run_config(out / "best-mixture.yaml", []).stages
+    assert [(s.name, s.steps, s.decay) for s in merged] == [(s.name, s.steps, s.decay) for s in full]
+    assert merged[1].mixture == pytest.approx(full[1].mixture, abs=1e-6)

@@ -183,7 +183,9 @@ def test_decay_mixture_scales_pretraining_and_spreads_sft(tmp_path):
     decayed = with_decay_mixture(run, 0.64, {c: 1 for c in CATEGORIES})
     assert decayed.stages[1].decay.shape == "exponential"
     fragment = mixture_fragment(decayed)
-    assert fragment["stage_index"] == 1 and set(fragment["data"]["sources"]) >= {"sft-math", "sft-validation"}
+    assert fragment["stages"][1]["mixture"]["sft-math"] == pytest.approx(0.64 / 5, abs=1e-6)
+    assert set(fragment["data"]["sources"]) == {f"sft-{c}" for c in CATEGORIES} | {"sft-validation"}
+    assert fragment["data"]["sources"]["sft-validation"]["held_out"]
 
 
 def test_sft_data_prepares_into_shards_with_the_normal_prepare(tmp_path, tokenizer):

@@ -122,17 +122,14 @@ def with_decay_mixture(run: RunConfig, sft_share: float, category_weights: dict[
 
 
 def mixture_fragment(run: RunConfig) -> dict:
-    """The decay stage and the SFT sources it names, as YAML-ready data for `xmodel2 pretrain`."""
+    """The SFT sources and the stages (decay mixture included) as a fragment for `pretrain --set-from`.
+
+    Config fragments merge mappings key by key but replace lists, so all stages are given.
+    """
+    stages = run.to_dict()["stages"]
     index = decay_stage_index(run)
-    stage = run.stages[index]
-    sources = {name: {"inputs": list(run.data.sources[name].inputs)}
-               for name in stage.mixture if name.startswith(SFT_PREFIX)}
-    if SFT_VALIDATION in run.data.sources:
-        sources[SFT_VALIDATION] = {"inputs": list(run.data.sources[SFT_VALIDATION].inputs), "held_out": True}
-    decay = {"shape": stage.decay.shape, "half_life": stage.decay.half_life, "floor": stage.decay.floor} \
-        if stage.decay else None
-    stage_data = {"name": stage.name, "steps": stage.steps, "max_repeats": stage.max_repeats,
-                  "mixture": {k: round(v, 6) for k, v in stage.mixture.items()}}
-    if decay:
-        stage_data["decay"] = decay
-    return {"data": {"sources": sources}, "stage_index": index, "stage": stage_data}
+    stages[index]["mixture"] = {k: round(v, 6) for k, v in stages[index]["mixture"].items()}
+    sources = {name: {"inputs": list(section.inputs), "held_out": section.held_out}
+               for name, section in run.data.sources.items()
+               if name.startswith(SFT_PREFIX) and (name in stages[index]["mixture"] or section.held_out)}
+    return {"data": {"sources": sources}, "stages": stages}

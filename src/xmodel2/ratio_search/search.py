@@ -137,14 +137,13 @@ def summarize(run: RunConfig, prepared, study, out_dir: Path, objective: str, ma
                                   best.user_attrs["weights"], max_repeats=max_repeats)
     header = (f"# xmodel2 ratio-search: best of {len(trials)} trials, SFT share "
               f"{best.user_attrs['sft_share']:.0%}, mix {best.user_attrs['label']}, "
-              f"{objective} objective {best.value:.4f}\n# run it: xmodel2 pretrain {out_dir / 'best-mixture.yaml'}\n")
+              f"{objective} objective {best.value:.4f}\n")
     atomic_write_text(out_dir / "best-mixture.yaml",
-                      header + yaml.safe_dump(best_run.to_dict(), sort_keys=False, allow_unicode=True))
-    fragment = mixture_fragment(best_run)
+                      header + f"# run it: xmodel2 pretrain {out_dir / 'best-mixture.yaml'}\n"
+                      + yaml.safe_dump(best_run.to_dict(), sort_keys=False, allow_unicode=True))
     atomic_write_text(out_dir / "best-decay-stage.yaml",
-                      f"# the best decay stage (stages.{fragment['stage_index']}) and the SFT sources it adds to "
-                      f"data.sources; best-mixture.yaml is the whole run config\n"
-                      + yaml.safe_dump(fragment, sort_keys=False, allow_unicode=True))
+                      header + f"# apply: xmodel2 pretrain CONFIG --set-from {out_dir / 'best-decay-stage.yaml'}\n"
+                      + yaml.safe_dump(mixture_fragment(best_run), sort_keys=False, allow_unicode=True))
     atomic_write_text(out_dir / "trials.jsonl",
                       "".join(json.dumps(t, sort_keys=True) + "\n" for t in sorted(trials, key=lambda t: t["number"])))
     metric = {"mean": "mean of held-out SFT and pretraining loss", "sft": "held-out SFT loss (nats/token)",
