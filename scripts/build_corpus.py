@@ -141,12 +141,24 @@ def python_code_documents(tree: Path) -> list[dict]:
     return docs
 
 
+def bucket(key: str, salt: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"{salt}/{key}".encode()).digest()[:8], "big") % 100
+
+
+def champ_part(identifier: str) -> str:
+    """Fixed rule: CHAMP problems with bucket < 50 go to the SFT set (scripts/build_sft.py), the
+    rest to the pretraining corpus, so no problem is in both."""
+    return "sft" if bucket(identifier, "xmodel2-champ") < 50 else "corpus"
+
+
 def math_documents(wheel: Path) -> list[dict]:
-    """CHAMP problems with their human-written step-by-step solutions (no model outputs)."""
+    """CHAMP problems (the corpus half) with their human-written step-by-step solutions."""
     with zipfile.ZipFile(wheel) as archive:
         problems = json.loads(archive.read("champ_dataset/dataset_files/v0.json"))["problems"]
     docs = []
     for key in sorted(problems):
+        if champ_part(key) != "corpus":
+            continue
         problem = problems[key]
         steps = "\n".join(step["_text"].strip() for step in problem["solution"]["steps"])
         text = (f"Problem ({problem['category']}): {problem['_text'].strip()}\n\n"

@@ -35,7 +35,7 @@ import zipfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from build_corpus import CHAMP, PYTHON_STDLIB, apt_download, pip_download  # noqa: E402
+from build_corpus import CHAMP, PYTHON_STDLIB, apt_download, champ_part, pip_download  # noqa: E402
 
 WORDNET = ("wordnet-base", "1:3.0-37")
 SEED = 20241226
@@ -44,15 +44,6 @@ ARITHMETIC_ITEMS, LOGIC_ITEMS = 1200, 1500
 # Subpackages whose functions are mostly GUI, test or compatibility code are left out.
 CODE_SKIP_DIRS = ("test", "idlelib", "tkinter", "lib2to3", "turtledemo", "ensurepip", "distutils",
                   "site-packages", "dist-packages", "config-3.11")
-
-
-def bucket(key: str, salt: str) -> int:
-    return int.from_bytes(hashlib.sha256(f"{salt}/{key}".encode()).digest()[:8], "big") % 100
-
-
-def champ_part(identifier: str) -> str:
-    """Fixed rule: CHAMP problems with bucket < 50 are SFT, the rest stay in the pretraining corpus."""
-    return "sft" if bucket(identifier, "xmodel2-champ") < 50 else "corpus"
 
 
 def write_jsonl_gz(path: Path, records: list[dict]) -> None:

@@ -30,7 +30,7 @@ from typing import Iterator
 
 import numpy as np
 
-from xmodel2.data.readers import _raw_lines, input_files, is_jsonl
+from xmodel2.data.readers import raw_lines, input_files, is_jsonl
 from xmodel2.errors import UserError
 
 BITS = 64
@@ -127,7 +127,7 @@ def read_documents(paths: list[Path], field_name: str) -> Iterator[Document]:
     """JSONL: one record per line, the text in `field_name`; other files: one document per line."""
     for path in paths:
         jsonl = is_jsonl(path)
-        for number, raw in enumerate(_raw_lines(path), start=1):
+        for number, raw in enumerate(raw_lines(path), start=1):
             if not raw.strip():
                 continue
             where = f"{path}:{number}"

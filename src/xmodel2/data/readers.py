@@ -58,7 +58,7 @@ def input_files(inputs: list[str]) -> list[Path]:
     return files
 
 
-def _raw_lines(path: Path) -> Iterator[bytes]:
+def raw_lines(path: Path) -> Iterator[bytes]:
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as handle:
@@ -88,7 +88,7 @@ class DocumentReader:
         setattr(self.counts, kind, getattr(self.counts, kind) + 1)
 
     def _text(self) -> Iterator[str]:
-        data = b"".join(_raw_lines(self.path))
+        data = b"".join(raw_lines(self.path))
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -102,7 +102,7 @@ class DocumentReader:
 
     def _jsonl(self) -> Iterator[str]:
         field = self.jsonl_field
-        for number, raw in enumerate(_raw_lines(self.path), start=1):
+        for number, raw in enumerate(raw_lines(self.path), start=1):
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from xmodel2.data.readers import _raw_lines
+from xmodel2.data.readers import raw_lines
 from xmodel2.errors import UserError
 from xmodel2.fileio import atomic_directory, atomic_write_json, read_json
 
@@ -161,7 +161,7 @@ def read_sft_file(source: SFTFile, counts: SFTCounts, strict: bool = False) -> I
 
     if not source.path.is_file():
         raise UserError(f"{source.path}: SFT file not found")
-    for number, raw in enumerate(_raw_lines(source.path), start=1):
+    for number, raw in enumerate(raw_lines(source.path), start=1):
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
