@@ -14,19 +14,19 @@ from xmodel2.train.runconfig import DEFAULT_CONFIG, load_run_config, model_confi
 
 def test_default_config_loads_and_resolves():
     run = load_run_config(None, [])
-    assert run.stage_steps() == [run.train.steps - 100, 100]
+    assert run.stage_steps() == [run.train.steps - 120, 120]
     assert Path(run.resolve_path("data/corpus")).name == "corpus"
     config = model_config(run, vocab_size=4096)
     assert (config.hidden_size, config.num_layers, config.vocab_size) == (256, 8, 4096)
     schedule = lr_schedule(run)
-    assert schedule.decay_start == run.train.steps - 100 and schedule.shape == "exponential"
+    assert schedule.decay_start == run.train.steps - 120 and schedule.shape == "exponential"
 
 
 def test_overrides_change_values():
     run = load_run_config(None, ["--train.steps=900", "--train.seed", "3", "--checkpoint.every=50",
                                  "--train.lr=0.02", "--model.mup.scale_emb=8"])
     assert (run.train.steps, run.train.seed, run.checkpoint.every, run.train.lr) == (900, 3, 50, 0.02)
-    assert run.stage_steps() == [800, 100]
+    assert run.stage_steps() == [780, 120]
     assert model_config(run, 100).mup.scale_emb == 8
 
 

@@ -71,17 +71,16 @@ def finish(run_config, result) -> None:
         ppl = held_out_perplexity(model, run_config, shard, device)
         print(f"held-out perplexity ({run_config.data.test}): {ppl:.2f} "
               f"(loss {math.log(ppl):.3f} nats/token)")
-    try:
-        from xmodel2.model.generate import generate
-        from xmodel2.tokenizer import load_tokenizer
+    from xmodel2.model.generate import generate
+    from xmodel2.tokenizer import load_tokenizer
 
-        tokenizer = load_tokenizer(result.final_checkpoint)
-        with torch.inference_mode():
-            text = generate(model, tokenizer, [run_config.finish.sample_prompt],
-                            max_new_tokens=run_config.finish.sample_tokens, temperature=0.0)[0]
-        print(f"sample: {run_config.finish.sample_prompt}{text}")
-    except ImportError:
-        pass
+    tokenizer = load_tokenizer(result.final_checkpoint)
+    with torch.inference_mode():
+        text = generate(model, tokenizer, [run_config.finish.sample_prompt],
+                        max_new_tokens=run_config.finish.sample_tokens,
+                        temperature=run_config.finish.sample_temperature,
+                        top_k=run_config.finish.sample_top_k, seed=run_config.train.seed)[0]
+    print(f"sample: {run_config.finish.sample_prompt}{text}")
     png = plot_loss_curve(result.out_dir / "metrics.jsonl", result.out_dir / "loss.png",
                           title=f"xmodel2 pretrain: {result.out_dir.name}",
                           stage_starts=stage_start_tokens(run_config))

@@ -113,6 +113,8 @@ class CheckpointSection:
 class FinishSection:
     sample_prompt: str = "The history of"
     sample_tokens: int = 48
+    sample_temperature: float = 0.0  # 0: greedy
+    sample_top_k: int | None = None
     perplexity_sequences: int = 64
 
 
