@@ -76,7 +76,9 @@ class Scorer:
         rows = {}
         for i in singles:
             tokens = (list(pairs[i][0]) + list(pairs[i][1]))[-(self.max_length + 1):]
-            rows[i] = (tokens[:-1], list(pairs[i][1]))
+            # A continuation longer than the context window is scored on its last max_length
+            # tokens, the ones the window can predict (the harness assumes it never happens).
+            rows[i] = (tokens[:-1], list(pairs[i][1])[-self.max_length:])
         order = sorted(singles, key=lambda i: -len(rows[i][0]))  # longest first: little padding
         for start in range(0, len(order), self.batch_size):
             chunk = order[start:start + self.batch_size]
