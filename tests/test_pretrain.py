@@ -251,3 +251,41 @@ def test_batch_size_schedule_by_gradient_accumulation(config_path, tmp_path):
                     "--train.batch_schedule=[[0, 4], [6, 8]]") == 0
     state = json.loads((latest_checkpoint(out) / "trainer_state.json").read_text())
     assert state["tokens"] == (6 * 4 + 6 * 8) * 32  # micro-batch 4: 1 then 2 micro-batches
+
+
+def test_prompt_masking_trains_on_assistant_tokens_only(config_path, tmp_path):
+    from xmodel2.data.mixture import MixtureDataset, SourceSpec
+    from xmodel2.data.prepare import prepare
+    from xmodel2.data.sft_mask import shard_assistant_mask
+    from xmodel2.tokenizer import load_tokenizer
+    from xmodel2.train.loss import IGNORE_INDEX
+
+    tokenizer = load_tokenizer(config_path.parent / "warm" / "tokenizer")
+    chats = [[{"role": "user", "content": f"What is {a} plus {a}?"},
+              {"role": "assistant", "content": f"{a} plus {a} is {2 * a}."}] for a in range(40)]
+    sft = config_path.parent / "sft-chat.jsonl"
+    sft.write_text("".join(json.dumps({"text": tokenizer.apply_chat_template(c)}) + "\n" for c in chats))
+    shard = tmp_path / "sft-shard"
+    prepare([str(sft)], str(config_path.parent / "warm" / "tokenizer"), shard, workers=1, progress=False)
+    mask = shard_assistant_mask(shard, tokenizer)
+    data = MixtureDataset([SourceSpec("sft", str(shard), 2000, target_mask=mask)], seq_len=32, seed=0)
+    inputs, targets = data.training_pair(range(8))
+    block = data.sequences(range(8))
+    kept = targets != IGNORE_INDEX
+    assert 0 < kept.float().mean() < 1  # some targets are prompts, some answers
+    assert torch.equal(targets[kept], block[:, 1:][kept]) and torch.equal(inputs, block[:, :-1])
+    # an <|im_start|> always opens a turn header, never a target; <|im_end|> closes answers too
+    assert not kept[targets == tokenizer.im_start_id].any()
+    assert kept[targets == tokenizer.im_end_id].any()
+
+    # and a run whose decay stage trains on masked SFT text completes
+    text = config_path.read_text().replace(
+        "    wiki-validation: {inputs: [wiki-validation.jsonl], held_out: true}",
+        "    wiki-validation: {inputs: [wiki-validation.jsonl], held_out: true}\n"
+        "    sft: {inputs: [sft-chat.jsonl], mask_prompts: true}").replace(
+        "mixture: {wiki: 0.5, math: 0.5}", "mixture: {wiki: 0.5, sft: 0.5}")
+    masked = config_path.parent / "masked.yaml"
+    masked.write_text(text)
+    out = fresh_out(config_path, tmp_path, "masked")
+    assert pretrain(masked, out, "--train.steps=12", "--stages.1.steps=4") == 0
+    assert latest_checkpoint(out).name == "step-00000012"

@@ -27,6 +27,7 @@ import torch
 
 from xmodel2.data.shards import ShardReader
 from xmodel2.errors import UserError
+from xmodel2.train.loss import IGNORE_INDEX
 
 HELD_OUT_WORDS = frozenset({"validation", "test"})
 _ROUNDS = 4
@@ -40,6 +41,9 @@ class SourceSpec:
     path: str
     tokens: int
     max_repeats: float = 4.0  # refuse budgets above this many passes over the shard
+    # Optional per-token flags over the shard (True = a training target); False tokens, e.g. the
+    # prompts of SFT conversations when prompt masking is on, get IGNORE_INDEX as targets.
+    target_mask: np.ndarray | None = None
 
 
 def is_held_out(name: str) -> bool:
@@ -165,6 +169,19 @@ class MixtureDataset:
         for s in np.unique(sources):
             self.readers[s].check_ids(out[sources == s])
         return torch.from_numpy(out)
+
+    def training_pair(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs, targets), each (len(indices), seq_len); masked targets are IGNORE_INDEX."""
+        block = self.sequences(indices)
+        inputs, targets = block[:, :-1], block[:, 1:].clone()
+        if any(spec.target_mask is not None for spec in self.sources):
+            sources, chunks = self.locate(indices)
+            for row, (s, j) in enumerate(zip(sources.tolist(), chunks.tolist())):
+                mask = self.sources[s].target_mask
+                if mask is not None:
+                    window = _window(mask, (j * self.seq_len) % len(mask), self.seq_len + 1)
+                    targets[row, torch.from_numpy(~window[1:])] = IGNORE_INDEX
+        return inputs, targets
 
     def realized_tokens(self) -> dict[str, int]:
         """Tokens (training targets) per source in one pass over the order: chunks × seq_len."""

@@ -126,8 +126,13 @@ def lr_schedule(run: RunConfig) -> WSDSchedule:
                        floor=decay.floor if decay else 0.0)
 
 
-def plan_stages(run: RunConfig, shard_dirs: dict[str, Path], batches: BatchSchedule) -> list[StagePlan]:
+def plan_stages(run: RunConfig, shard_dirs: dict[str, Path], batches: BatchSchedule,
+                tokenizer=None) -> list[StagePlan]:
     from xmodel2.data.mixture import MixtureDataset, SourceSpec
+    from xmodel2.data.sft_mask import shard_assistant_mask
+
+    masks = {name: shard_assistant_mask(shard_dirs[name], tokenizer)
+             for name, source in run.data.sources.items() if source.mask_prompts}
 
     plans, start = [], 0
     for index, (stage, n_steps) in enumerate(zip(run.stages, run.stage_steps())):
@@ -141,7 +146,7 @@ def plan_stages(run: RunConfig, shard_dirs: dict[str, Path], batches: BatchSched
             tokens = int(amount) if amount > 1 else int(round(amount * stage_tokens))
             if tokens > 0:
                 specs.append(SourceSpec(name=source, path=str(shard_dirs[source]), tokens=tokens,
-                                        max_repeats=stage.max_repeats))
+                                        max_repeats=stage.max_repeats, target_mask=masks.get(source)))
         dataset = MixtureDataset(specs, seq_len=run.data.seq_len, seed=run.train.seed + 1000 * index)
         plans.append(StagePlan(stage.name, start, end, dataset))
         start = end
@@ -195,7 +200,7 @@ def _run(run: RunConfig, out_dir: Path, init_from: str | Path | None, show_progr
             raise UserError(f"train.batch_size: a global batch of {size} sequences does not split into "
                             f"micro-batches of {run.train.micro_batch_size} on {world} rank(s)") from None
     schedule = lr_schedule(run)
-    plans = plan_stages(run, shard_dirs, batches)
+    plans = plan_stages(run, shard_dirs, batches, tokenizer)
     for plan in plans:
         say(f"xmodel2: stage {plan.name!r}, steps {plan.start}-{plan.end - 1}\n{plan.dataset.describe()}")
 
@@ -218,12 +223,12 @@ def _run(run: RunConfig, out_dir: Path, init_from: str | Path | None, show_progr
     def accumulation(step: int) -> int:
         return accumulation_steps(batches.size(step), run.train.micro_batch_size, world)
 
-    def micro_batch(step: int, micro: int) -> torch.Tensor:
+    def micro_batch(step: int, micro: int) -> tuple[torch.Tensor, torch.Tensor]:
         # Rank r's micro-batches are the r-th contiguous share of the step's global batch.
         plan = stage_at(plans, step)
         index = rank * accumulation(step) + micro
         first = batches.offset(step) - batches.offset(plan.start) + index * run.train.micro_batch_size
-        return plan.dataset.sequences(range(first, first + run.train.micro_batch_size))
+        return plan.dataset.training_pair(range(first, first + run.train.micro_batch_size))
 
     val_blocks = _validation_blocks(run, shard_dirs)
     peak = measure_matmul_flops(torch.bfloat16 if run.train.precision == "bf16" else torch.float32, device)

@@ -25,6 +25,8 @@ class SourceSection:
     inputs: list[str]  # files or folders (text, JSONL, .gz), relative to the config file
     jsonl_field: str = "text"
     held_out: bool = False  # validation/test text: never allowed in a training mixture
+    # ChatML (SFT) text: train only on assistant turns; the report trains on whole texts (false)
+    mask_prompts: bool = False
 
 
 @dataclass

@@ -105,10 +105,16 @@ class Trainer:
         self.step = 0
         self.tokens = 0
 
-    def _loss(self, block: torch.Tensor) -> torch.Tensor:
-        block = block.to(self.device, non_blocking=True)
+    def _loss(self, batch: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """Loss of one micro-batch: a (n, seq+1) token block, or (inputs, targets) when some
+        targets are masked out."""
+        if isinstance(batch, tuple):
+            inputs, targets = (t.to(self.device, non_blocking=True) for t in batch)
+        else:
+            block = batch.to(self.device, non_blocking=True)
+            inputs, targets = block[:, :-1], block[:, 1:]
         with autocast_context(self.settings.precision, self.device):
-            return self.loss_module(block[:, :-1], block[:, 1:])
+            return self.loss_module(inputs, targets)
 
     def train_step(self, step: int) -> tuple[float, float]:
         """One optimizer step; returns (mean loss over the global batch, grad norm before clipping)."""
