@@ -156,7 +156,7 @@ def test_bad_store_files_name_file_and_line(tmp_path):
     with pytest.raises(UserError, match=rf"{re.escape(str(bad))}:2: key 'text'"):
         load_docstore([bad])
     bad.write_text('{"title": "A", "text": "x"}\nnot json\n')
-    with pytest.raises(UserError, match=rf"{re.escape(str(bad))}:2: not valid JSON"):
+    with pytest.raises(UserError, match=rf"{re.escape(str(bad))}:2: invalid JSON"):
         load_docstore([bad])
     with pytest.raises(UserError, match="not found"):
         load_docstore([tmp_path / "missing.jsonl"])

@@ -8,13 +8,12 @@ from it, nothing is trained on it, so the held-out rule of the corpus does not a
 
 from __future__ import annotations
 
-import gzip
-import json
 import re
 from pathlib import Path
 from typing import Iterable
 
 from xmodel2.errors import UserError
+from xmodel2.fileio import iter_jsonl_objects
 
 BUNDLED_SPLITS = ("wiki-train", "wiki-validation", "wiki-test")
 # A sentence ends at . ! or ? followed by space and something that can start a sentence; this
@@ -81,24 +80,12 @@ def read_pages(paths: Iterable[str | Path]) -> dict[str, str]:
     pages: dict[str, list[str]] = {}
     for path in paths:
         path = Path(path)
-        if not path.is_file():
-            raise UserError(f"{path}: document store file not found")
-        opener = gzip.open if path.suffix == ".gz" else open
-        with opener(path, "rt", encoding="utf-8") as handle:
-            for number, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise UserError(f"{path}:{number}: not valid JSON ({error.msg})") from None
-                if not isinstance(row, dict):
-                    raise UserError(f"{path}:{number}: expected a JSON object with 'title' and 'text'")
-                for key in ("title", "text"):
-                    if not isinstance(row.get(key), str) or not row[key].strip():
-                        raise UserError(f"{path}:{number}: key {key!r} must be a non-empty string")
-                title = " ".join(row["title"].split())
-                pages.setdefault(title, []).append(row["text"].strip())
+        for number, row in iter_jsonl_objects(path, "document store file"):
+            for key in ("title", "text"):
+                if not isinstance(row.get(key), str) or not row[key].strip():
+                    raise UserError(f"{path}:{number}: key {key!r} must be a non-empty string")
+            title = " ".join(row["title"].split())
+            pages.setdefault(title, []).append(row["text"].strip())
     return {title: "\n".join(parts) for title, parts in pages.items()}
 
 

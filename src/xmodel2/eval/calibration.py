@@ -13,7 +13,6 @@ the squared distance between the probability vector and the one-hot gold answer.
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,7 +67,7 @@ def reliability_diagram(calibration: Calibration, path: str | Path, bins: int = 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from xmodel2.fileio import atomic_write_bytes
+    from xmodel2.fileio import save_figure
 
     accuracy, confidence, counts = reliability_bins(calibration.confidence, calibration.correct, bins)
     centers = (np.arange(bins) + 0.5) / bins
@@ -90,8 +89,4 @@ def reliability_diagram(calibration: Calibration, path: str | Path, bins: int = 
     bottom.set_ylabel("questions")
     bottom.set_xlim(0, 1)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
-    return Path(path)
+    return save_figure(fig, path)

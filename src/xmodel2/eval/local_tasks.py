@@ -41,13 +41,12 @@ query + target_delimiter + gold text and joined by fewshot_delimiter.
 
 from __future__ import annotations
 
-import gzip
-import json
 import random
 from pathlib import Path
 from typing import Any
 
 from xmodel2.errors import UserError
+from xmodel2.fileio import iter_jsonl_objects
 from xmodel2.eval.tasks import AnswerRule, ChoiceDoc, GenerationDoc, Task
 
 DEFAULT_OPTIONS: dict[str, Any] = {
@@ -66,22 +65,10 @@ DEFAULT_OPTIONS: dict[str, Any] = {
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        raise UserError(f"{path}: task file not found")
-    opener = gzip.open if path.suffix == ".gz" else open
     rows = []
-    with opener(path, "rt", encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{path}:{number}: invalid JSON: {exc.msg}") from None
-            if not isinstance(row, dict):
-                raise UserError(f"{path}:{number}: expected a JSON object")
-            row["_where"] = f"{path}:{number}"
-            rows.append(row)
+    for number, row in iter_jsonl_objects(path, "task file"):
+        row["_where"] = f"{path}:{number}"
+        rows.append(row)
     if not rows:
         raise UserError(f"{path}: no documents")
     return rows

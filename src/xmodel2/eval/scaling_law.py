@@ -8,7 +8,6 @@ dof) · standard error from the fit's covariance; R² is 1 - SS_res / SS_tot on 
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,7 +91,7 @@ def plot_fit(positions: np.ndarray, losses: np.ndarray, fit: Fit, path: str | Pa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from xmodel2.fileio import atomic_write_bytes
+    from xmodel2.fileio import save_figure
 
     fig, ax = plt.subplots(figsize=(5.5, 4))
     ax.loglog(positions, losses, ".", markersize=3, color="tab:blue", label="mean loss at position t")
@@ -103,8 +102,4 @@ def plot_fit(positions: np.ndarray, losses: np.ndarray, fit: Fit, path: str | Pa
     ax.set_title(note or "Post-training scaling law", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
-    return Path(path)
+    return save_figure(fig, path)
