@@ -16,7 +16,7 @@ from torch.utils.checkpoint import checkpoint
 from xmodel2.model.transformer import Transformer
 
 IGNORE_INDEX = -100
-LOGIT_CHUNK_ELEMENTS = 2**26  # 256 MiB of fp32 logits
+LOGIT_CHUNK_ELEMENTS = 2**28  # 1 GiB of fp32 logits
 
 
 def _chunk_loss_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
