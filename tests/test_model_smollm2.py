@@ -22,7 +22,6 @@ def find_gguf() -> Path | None:
     return found[0] if found else None
 
 
-@pytest.mark.slow
 def test_imported_smollm2_generates_what_transformers_generates(tmp_path, capsys):
     gguf_file = find_gguf()
     if gguf_file is None:

@@ -44,7 +44,11 @@ class XModel2LM(TemplateLM):
         from xmodel2.model.folder import load_model_folder
         from xmodel2.tokenizer import load_tokenizer
 
-        device = device or "cpu"
+        import torch
+
+        # lm-eval's command line asks for "cuda" by default; fall back as its own HF model does.
+        if not device or (str(device).startswith("cuda") and not torch.cuda.is_available()):
+            device = "cpu"
         model = load_model_folder(pretrained, device=device, dtype=DTYPES[str(dtype)])
         tokenizer = load_tokenizer(pretrained)
         size = 8 if batch_size in (None, "auto") else int(str(batch_size).split(":")[0])
