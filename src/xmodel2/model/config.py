@@ -189,11 +189,9 @@ def preset(name: str, **overrides: Any) -> ModelConfig:
 
 # ---- Hugging Face config.json ---------------------------------------------------------------------
 
-def to_hf_config(config: ModelConfig) -> dict[str, Any]:
-    """Our native `config.json`: Llama keys plus MiniCPM-named μP keys and our policy fields."""
-    out: dict[str, Any] = {
-        "architectures": ["Xmodel2ForCausalLM"],
-        "model_type": "xmodel2",
+def llama_keys(config: ModelConfig) -> dict[str, Any]:
+    """The shape keys a Llama config.json has (shared by our native and Llama exports)."""
+    return {
         "vocab_size": config.vocab_size,
         "hidden_size": config.hidden_size,
         "intermediate_size": config.intermediate_size,
@@ -205,13 +203,22 @@ def to_hf_config(config: ModelConfig) -> dict[str, Any]:
         "rope_theta": config.rope_theta,
         "rms_norm_eps": config.rms_norm_eps,
         "max_position_embeddings": config.max_position_embeddings,
-        "tie_word_embeddings": config.tie_embeddings,
         "attention_bias": False,
         "mlp_bias": False,
-        "attention_scale": config.attention_scale,
         "bos_token_id": config.bos_token_id,
         "eos_token_id": config.eos_token_id,
         "pad_token_id": config.pad_token_id,
+    }
+
+
+def to_hf_config(config: ModelConfig) -> dict[str, Any]:
+    """Our native `config.json`: Llama keys plus MiniCPM-named μP keys and our policy fields."""
+    out: dict[str, Any] = {
+        "architectures": ["Xmodel2ForCausalLM"],
+        "model_type": "xmodel2",
+        **llama_keys(config),
+        "tie_word_embeddings": config.tie_embeddings,
+        "attention_scale": config.attention_scale,
         "torch_dtype": "float32",
         "use_mup": config.mup.enabled,
         "scale_emb": config.mup.scale_emb,
