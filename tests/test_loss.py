@@ -40,3 +40,20 @@ def test_default_chunking_by_vocabulary_and_no_grad_path():
     ids = torch.randint(0, 300, (2, 16))
     with torch.no_grad():
         torch.testing.assert_close(next_token_loss(model, ids, ids), reference_loss(model, ids, ids))
+
+
+def test_compiled_loss_matches_eager_in_value_and_grads_whole_and_chunked():
+    model = small_model()
+    ids = torch.randint(0, 300, (3, 40), generator=torch.Generator().manual_seed(0))
+    targets = torch.randint(0, 300, (3, 40), generator=torch.Generator().manual_seed(1))
+    targets[1, :5] = IGNORE_INDEX
+    expected = reference_loss(model, ids, targets)
+    expected.backward()
+    want = {n: p.grad.clone() for n, p in model.named_parameters()}
+    for chunk_rows in (None, 48):  # one piece, and 120 rows in 3 chunks (the last one shorter)
+        model.zero_grad()
+        got = next_token_loss(model, ids, targets, chunk_rows=chunk_rows, compile_loss=True)
+        got.backward()
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+        for name, param in model.named_parameters():
+            torch.testing.assert_close(param.grad, want[name], rtol=1e-4, atol=1e-6, msg=name)

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from xmodel2.model.config import ModelConfig
 from xmodel2.train import flops
@@ -105,9 +104,10 @@ def our_loss(model, ids):
 
 
 def hf_loss(model, ids):
-    # The same loss transformers' own Trainer computes: full logits, fp32 cross-entropy.
-    logits = model(ids[:, :-1]).logits
-    return F.cross_entropy(logits.float().flatten(0, 1), ids[:, 1:].flatten())
+    # transformers' own loss, computed inside forward (so `torch.compile(model)` compiles it too,
+    # as it does ours): full logits upcast to fp32, then cross-entropy on the same targets.
+    targets = ids[:, 1:].contiguous()
+    return model(ids[:, :-1], labels=targets, shift_labels=targets).loss
 
 
 def step_matmul_shapes(config: ModelConfig, batch: int, seq: int) -> list[tuple[str, tuple, int]]:

@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
 
     steps = {}
     optimizers = {"ours": build_optimizer(ours, config, lr=1e-4),
-                  "transformers": torch.optim.AdamW(theirs.parameters(), lr=1e-4, foreach=True)}
+                  "transformers": torch.optim.AdamW(theirs.parameters(), lr=1e-4, fused=True)}
     for name, model, loss_of in (("ours", ours, bench.our_loss), ("transformers", theirs, bench.hf_loss)):
         model.train()
         steps[f"{name} eager"] = bench.training_step(model, loss_of, optimizers[name], ids, args.precision)

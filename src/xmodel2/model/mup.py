@@ -112,7 +112,7 @@ def parameter_groups(model: nn.Module, config: ModelConfig, lr: float,
 
 def build_optimizer(model: nn.Module, config: ModelConfig, lr: float, weight_decay: float = 0.1,
                     betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8,
-                    implementation: str = "foreach") -> torch.optim.AdamW:
+                    implementation: str = "fused") -> torch.optim.AdamW:
     groups = parameter_groups(model, config, lr, weight_decay)
     # `param_names` is ours; AdamW keeps unknown group keys, and they survive state_dict().
     kwargs: dict = {"betas": betas, "eps": eps}

@@ -6,7 +6,8 @@ into one process group (nccl on CUDA, gloo on CPU). The model stays math only; d
 applied afterwards in one function, `parallelize` (torchtitan's layout):
 
 1. activation checkpointing per decoder block (recompute the block in backward);
-2. optional `torch.compile` per block (small graphs, recompiled once, shared by every block);
+2. optional `torch.compile` per block (small graphs, recompiled once, shared by every block),
+   and then of the LM head + loss as well;
 3. DDP around the whole loss, or FSDP2 `fully_shard` on every block and then on the root.
 
 The unit that DDP and FSDP wrap is `LossModule`, whose forward returns the loss: the tied
@@ -40,12 +41,13 @@ _preparation_group = None
 class LossModule(nn.Module):
     """`(input_ids, targets) -> mean next-token loss` of a model (see the module docstring)."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, compile_loss: bool | None = None) -> None:
         super().__init__()
         self.model = model
+        self.compile_loss = compile_loss  # None: compile it when the model is compiled
 
     def forward(self, input_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return next_token_loss(self.model, input_ids, targets)
+        return next_token_loss(self.model, input_ids, targets, compile_loss=self.compile_loss)
 
 
 # ---- process group and ranks -----------------------------------------------------------------------
@@ -158,7 +160,7 @@ def parallelize(model: Transformer, strategy: str, device: torch.device, *,
     if compile_blocks:
         for layer in model.model.layers:
             layer.compile()
-    loss_module = LossModule(model)
+    loss_module = LossModule(model, compile_loss=compile_blocks)
     if strategy == "none":
         return loss_module
     if not is_distributed():

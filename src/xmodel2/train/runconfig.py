@@ -79,7 +79,7 @@ class TrainSection:
     precision: str = "bf16"  # bf16 autocast or fp32
     device: str = "auto"
     compile: bool = False
-    optimizer_impl: str = "foreach"
+    optimizer_impl: str = "fused"
     log_every: int = 10
     val_every: int = 100
 
