@@ -55,8 +55,8 @@ class ModelCompleter:
         if len(ids) + self.max_new_tokens > self.context:
             raise ContextFull(f"{len(ids)} prompt tokens + {self.max_new_tokens} new > context {self.context}")
         if self.cache is None:
-            weight = self.model.output_weight
-            self.cache = KVCache(self.model.config, 1, self.context, device=weight.device, dtype=weight.dtype)
+            self.cache = KVCache(self.model.config, 1, self.context, device=self.model.device,
+                                 dtype=self.model.activation_dtype)
         keep = min(common_prefix(self.cached, ids), len(ids) - 1)  # at least one token gives the logits
         self.cache.length, self.cached = keep, ids[:keep]
         logits = self._feed(ids[keep:])
@@ -74,7 +74,6 @@ class ModelCompleter:
 
     def _feed(self, tokens: list[int]) -> torch.Tensor:
         """Run `tokens` after the cached ones; the last position's logits, (vocab,)."""
-        device = self.model.output_weight.device
-        hidden = self.model.hidden_states(torch.tensor([tokens], device=device), cache=self.cache)
+        hidden = self.model.hidden_states(torch.tensor([tokens], device=self.model.device), cache=self.cache)
         self.cached += tokens
         return self.model.logits(hidden[:, -1])[0]

@@ -6,7 +6,6 @@ import argparse
 
 HELP = "Continue a prompt with a model folder (KV-cache decoding, greedy or sampled)."
 
-DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,7 +16,9 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     parser.add_argument("--stop", action="append", default=None, metavar="STR",
                         help="stop when this text appears (repeatable); it is not printed")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="weights dtype (default fp32)")
+    parser.add_argument("--dtype", choices=("fp32", "bf16", "int8"), default="fp32",
+                        help="weights: fp32 (default), bf16, or int8 (weight-only, bf16 activations: "
+                             "about 4x faster decoding on CPU, slightly different logits)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--compile", action="store_true",
                         help="decode through a torch.compile'd fixed-shape step (pays off for long outputs)")
@@ -39,6 +40,7 @@ def load(args: argparse.Namespace):
 
     from xmodel2.errors import UserError
     from xmodel2.model.folder import load_model_folder
+    from xmodel2.model.quantize import convert_weights
     from xmodel2.tokenizer import load_tokenizer
 
     if args.max_new_tokens < 0:
@@ -49,7 +51,9 @@ def load(args: argparse.Namespace):
         raise UserError(f"--top-k must be positive, got {args.top_k}")
     if args.top_p is not None and not 0 < args.top_p <= 1:
         raise UserError(f"--top-p must be in (0, 1], got {args.top_p}")
-    model = load_model_folder(args.model, device=args.device, dtype=getattr(torch, DTYPES[args.dtype]))
+    model = load_model_folder(args.model, device=args.device,
+                              dtype=torch.bfloat16 if args.dtype == "bf16" else torch.float32)
+    model = convert_weights(model, args.dtype)
     tokenizer = load_tokenizer(args.model)
     if tokenizer.vocab_size > model.config.vocab_size:
         raise UserError(f"{args.model}: tokenizer has {tokenizer.vocab_size} tokens but the model "

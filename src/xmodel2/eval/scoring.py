@@ -100,8 +100,7 @@ class Scorer:
         model, n = self.model, len(continuations)
         tails = [c[:-1] for c in continuations]  # the tokens fed after the context
         width = max(1, max(len(t) for t in tails))
-        dtype = model.output_weight.dtype
-        cache = KVCache(model.config, 1, len(context) + width, device=self.device, dtype=dtype)
+        cache = KVCache(model.config, 1, len(context) + width, device=self.device, dtype=model.activation_dtype)
         last = model.hidden_states(torch.tensor([context], device=self.device), cache=cache)[:, -1]
         out_hidden = None
         if width > 0 and any(tails):
@@ -125,4 +124,4 @@ class Scorer:
 
     @property
     def device(self) -> torch.device:
-        return self.model.output_weight.device
+        return self.model.device

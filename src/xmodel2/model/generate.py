@@ -53,8 +53,7 @@ def generate_ids(model: Transformer, prompts: Sequence[Sequence[int]], max_new_t
         raise UserError("generate: every prompt needs at least one token")
     if max_new_tokens <= 0:
         return [[] for _ in prompts]
-    weight = model.output_weight
-    device, dtype = weight.device, weight.dtype
+    device, dtype = model.device, model.activation_dtype
     batch, longest = len(prompts), max(len(p) for p in prompts)
     total = longest + max_new_tokens
     if compile:

@@ -174,7 +174,17 @@ class Transformer(nn.Module):
 
     @property
     def output_weight(self) -> torch.Tensor:
+        """The LM head's matrix (for training: a model converted to int8 has none)."""
         return self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.embed_tokens.weight.device
+
+    @property
+    def activation_dtype(self) -> torch.dtype:
+        """The dtype hidden states, logits and the KV cache take: the embedding table's."""
+        return self.model.embed_tokens.weight.dtype
 
     def hidden_states(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None,
                       attention_mask: torch.Tensor | None = None,
@@ -217,7 +227,10 @@ class Transformer(nn.Module):
         return body.norm(x)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return F.linear(_scaled(hidden, self.logit_multiplier), self.output_weight)
+        hidden = _scaled(hidden, self.logit_multiplier)
+        if self.lm_head is None:
+            return F.linear(hidden, self.model.embed_tokens.weight)
+        return self.lm_head(hidden)  # an nn.Linear, or an inference-format head (quantize.py)
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, cache: KVCache | None = None,
