@@ -8,7 +8,8 @@ sides alike, and are medians of several repeats:
 * the machine's measured fp32 and bf16 matmul rates (the MFU denominator);
 * the step's *matmul floor*: the time the step's forward and backward matrix multiplications
   alone take when run at their exact shapes, so "1.4x floor" means 40% overhead beyond GEMMs;
-* prefill and decode tokens/s at batch 1 and 8 against `transformers` `generate`.
+* prefill and decode tokens/s at batch 1 and 8 against `transformers` `generate`, with fp32
+  weights on both sides, plus transformers in bf16 and ours in the int8 inference format.
 """
 
 from __future__ import annotations
@@ -108,6 +109,22 @@ def hf_loss(model, ids):
     # as it does ours): full logits upcast to fp32, then cross-entropy on the same targets.
     targets = ids[:, 1:].contiguous()
     return model(ids[:, :-1], labels=targets, shift_labels=targets).loss
+
+
+def prefill(model: torch.nn.Module, prompt: torch.Tensor) -> Callable[[], None]:
+    def run() -> None:
+        with torch.inference_mode():
+            model(prompt)
+    return run
+
+
+def hf_generate(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int) -> Callable[[], None]:
+    """transformers' `generate`, greedy, exactly `new_tokens` tokens (no EOS stop)."""
+    def run() -> None:
+        with torch.inference_mode():
+            model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new_tokens,
+                           min_new_tokens=new_tokens, do_sample=False, eos_token_id=None, pad_token_id=0)
+    return run
 
 
 def step_matmul_shapes(config: ModelConfig, batch: int, seq: int) -> list[tuple[str, tuple, int]]:

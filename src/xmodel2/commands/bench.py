@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import platform
 from pathlib import Path
 
@@ -40,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from xmodel2.errors import UserError
     from xmodel2.model.generate import generate_ids
     from xmodel2.model.mup import build_optimizer
+    from xmodel2.model.quantize import convert_weights
     from xmodel2.train.hardware import measure_matmul_flops
 
     if args.threads:
@@ -94,36 +96,25 @@ def run(args: argparse.Namespace) -> int:
     result["generation"] = {}
     ours.eval()
     theirs.eval()
-    say(f"\nprefill {args.prompt} tokens, decode {args.new_tokens} tokens (greedy, fp32 weights)")
+    # Decoding is bound by reading weights: give transformers its half-width (bf16) run too, and
+    # ours its int8 inference format (quantize.py), each labelled with its weights.
+    ours_int8 = convert_weights(copy.deepcopy(ours), "int8")
+    theirs_bf16 = copy.deepcopy(theirs).to(torch.bfloat16)
+    say(f"\nprefill {args.prompt} tokens, decode {args.new_tokens} tokens, greedy "
+        "(weights fp32 unless named)")
     for batch in (1, 8):
         prompt = torch.randint(0, shape.vocab, (batch, args.prompt), generator=gen)
-        prompts = prompt.tolist()
-
-        def ours_prefill():
-            with torch.inference_mode():
-                ours(prompt)
-
-        def theirs_prefill():
-            with torch.inference_mode():
-                theirs(prompt)
-
-        def ours_decode():
-            generate_ids(ours, prompts, args.new_tokens)
-
-        def theirs_decode():
-            with torch.inference_mode():
-                theirs.generate(prompt, attention_mask=torch.ones_like(prompt),
-                                max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
-                                do_sample=False, eos_token_id=None, pad_token_id=0)
-
-        variants = {"ours prefill": ours_prefill, "transformers prefill": theirs_prefill,
-                    "ours generate": ours_decode, "transformers generate": theirs_decode}
-        sides = ["ours", "transformers"]
+        sides = {"ours": (ours, False), "transformers": (theirs, None),
+                 "transformers bf16": (theirs_bf16, None), "ours int8": (ours_int8, False)}
         if not args.no_compile:
-            variants["ours compiled prefill"] = ours_prefill
-            variants["ours compiled generate"] = lambda: generate_ids(ours, prompts, args.new_tokens,
-                                                                      compile=True)
-            sides.append("ours compiled")
+            sides.update({"ours compiled": (ours, True), "ours int8 compiled": (ours_int8, True)})
+        variants = {}
+        for side, (model, compile_decode) in sides.items():
+            variants[f"{side} prefill"] = bench.prefill(model, prompt)
+            variants[f"{side} generate"] = (
+                bench.hf_generate(model, prompt, args.new_tokens) if compile_decode is None
+                else lambda m=model, c=compile_decode: generate_ids(m, prompt.tolist(), args.new_tokens,
+                                                                    compile=c))
         t = bench.interleaved_medians(variants, args.repeats)
         for side in sides:
             prefill = batch * args.prompt / t[f"{side} prefill"]
@@ -132,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
             decode = batch * args.new_tokens / decode_time
             result["generation"][f"{side} batch {batch}"] = {"prefill_tokens_per_s": prefill,
                                                              "decode_tokens_per_s": decode}
-            say(f"batch {batch} {side:14s} prefill {prefill:9.0f} tok/s   decode {decode:8.1f} tok/s")
+            say(f"batch {batch} {side:19s} prefill {prefill:9.0f} tok/s   decode {decode:8.1f} tok/s")
 
     train, gen_r = result["training"], result["generation"]
     ratios = {"eager training, ours / transformers":
@@ -142,21 +133,21 @@ def run(args: argparse.Namespace) -> int:
             train["ours compiled"]["tokens_per_s"] / train["transformers compiled"]["tokens_per_s"])
         ratios["ours compiled step / matmul floor"] = train["ours compiled"]["x_matmul_floor"]
     ratios["ours eager step / matmul floor"] = train["ours eager"]["x_matmul_floor"]
+    decode = {name: value["decode_tokens_per_s"] for name, value in gen_r.items()}
     for batch in (1, 8):
-        ratios[f"decode batch {batch}, ours / transformers"] = (
-            gen_r[f"ours batch {batch}"]["decode_tokens_per_s"]
-            / gen_r[f"transformers batch {batch}"]["decode_tokens_per_s"])
-        if not args.no_compile:
-            ratios[f"decode batch {batch}, ours compiled / transformers"] = (
-                gen_r[f"ours compiled batch {batch}"]["decode_tokens_per_s"]
-                / gen_r[f"transformers batch {batch}"]["decode_tokens_per_s"])
+        int8 = "ours int8" if args.no_compile else "ours int8 compiled"
+        pairs = [("ours", "transformers")] + ([] if args.no_compile else [("ours compiled", "transformers")])
+        pairs += [(int8, "transformers"), (int8, "transformers bf16")]
+        for mine, theirs_name in pairs:
+            ratios[f"decode batch {batch}, {mine} / {theirs_name}"] = (
+                decode[f"{mine} batch {batch}"] / decode[f"{theirs_name} batch {batch}"])
         ratios[f"prefill batch {batch}, ours / transformers"] = (
             gen_r[f"ours batch {batch}"]["prefill_tokens_per_s"]
             / gen_r[f"transformers batch {batch}"]["prefill_tokens_per_s"])
     result["ratios"] = ratios
     say("\nratios")
     for name, value in ratios.items():
-        say(f"  {name:48s} {value:6.2f}x")
+        say(f"  {name:58s} {value:6.2f}x")
     out = Path(args.out)
     from xmodel2.fileio import atomic_write_json
 
