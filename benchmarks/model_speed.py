@@ -1,8 +1,9 @@
 """Our model vs transformers' LlamaForCausalLM on the same shapes and weights (both eager).
 
 Training: forward + backward tokens/s in fp32 and with bf16 autocast. Decoding: greedy tokens/s at
-batch 1 (our KV-cache loop, eager and compiled, vs `generate`). Each figure is the median of --repeats timed runs after
-a warm-up; ratios (ours / transformers) come last and everything is written as JSON.
+batch 1, our KV-cache loop (eager and compiled; fp32 weights and the int8 inference format) against
+`generate` (fp32 and bf16 weights). Each figure is the median of --repeats timed runs after a
+warm-up (decoders interleaved); ratios (ours / transformers) come last, and all is written as JSON.
 
     python benchmarks/model_speed.py --preset nano --out benchmarks/model_speed.json
 """
@@ -10,6 +11,7 @@ a warm-up; ratios (ours / transformers) come last and everything is written as J
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import statistics
@@ -65,7 +67,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    from xmodel2.bench import hf_generate, interleaved_medians
     from xmodel2.model.generate import generate_ids
+    from xmodel2.model.quantize import convert_weights
 
     config, ours, theirs = build_pair(args.preset, args.vocab, seed=0)
     gen = torch.Generator().manual_seed(0)
@@ -91,30 +95,27 @@ def main() -> None:
     theirs.eval()
     new = args.new_tokens
 
-    def ours_decode():
-        out = generate_ids(ours, [prompt[0].tolist()], new)
-        assert len(out[0]) == new
-
-    def theirs_decode():
-        with torch.inference_mode():
-            out = theirs.generate(prompt, max_new_tokens=new, min_new_tokens=new, do_sample=False,
-                                  eos_token_id=None, pad_token_id=0)
-        assert out.shape[1] == args.prompt + new
-
     same = generate_ids(ours, [prompt[0].tolist()], 16)[0]
     with torch.inference_mode():
         ref = theirs.generate(prompt, max_new_tokens=16, do_sample=False, eos_token_id=None,
                               pad_token_id=0)[0, args.prompt:].tolist()
     results["decode_same_greedy_tokens"] = same == ref
-    def ours_compiled_decode():
-        out = generate_ids(ours, [prompt[0].tolist()], new, compile=True)
-        assert len(out[0]) == new
 
-    for name, fn in (("ours", ours_decode), ("ours_compiled", ours_compiled_decode),
-                     ("transformers", theirs_decode)):
-        times = timed(fn, args.repeats)
-        results["decode_tokens_per_s"][name] = new / statistics.median(times)
-        print(f"decode batch 1     {name:12s} {new / statistics.median(times):10.1f} tok/s")
+    # Decoding reads every weight once per token: besides fp32 on both sides, time transformers
+    # with bf16 weights and ours in the int8 inference format (xmodel2/model/quantize.py).
+    ours_int8 = convert_weights(copy.deepcopy(ours), "int8")
+    theirs_bf16 = copy.deepcopy(theirs).to(torch.bfloat16)
+    decoders = {
+        "ours": lambda: generate_ids(ours, [prompt[0].tolist()], new),
+        "ours_compiled": lambda: generate_ids(ours, [prompt[0].tolist()], new, compile=True),
+        "ours_int8": lambda: generate_ids(ours_int8, [prompt[0].tolist()], new),
+        "ours_int8_compiled": lambda: generate_ids(ours_int8, [prompt[0].tolist()], new, compile=True),
+        "transformers": hf_generate(theirs, prompt, new),
+        "transformers_bf16": hf_generate(theirs_bf16, prompt, new),
+    }
+    for name, seconds in interleaved_medians(decoders, args.repeats).items():
+        results["decode_tokens_per_s"][name] = new / seconds
+        print(f"decode batch 1     {name:18s} {new / seconds:10.1f} tok/s")
 
     train, decode = results["train_tokens_per_s"], results["decode_tokens_per_s"]
     results["ratios"] = {
@@ -122,10 +123,12 @@ def main() -> None:
         "train_bf16_autocast": train["ours_bf16_autocast"] / train["transformers_bf16_autocast"],
         "decode": decode["ours"] / decode["transformers"],
         "decode_compiled": decode["ours_compiled"] / decode["transformers"],
+        "decode_int8_compiled": decode["ours_int8_compiled"] / decode["transformers"],
+        "decode_int8_compiled_vs_bf16": decode["ours_int8_compiled"] / decode["transformers_bf16"],
     }
     print(f"greedy tokens identical: {results['decode_same_greedy_tokens']}")
     for key, value in results["ratios"].items():
-        print(f"ratio ours/transformers {key:20s} {value:5.2f}x")
+        print(f"ratio ours/transformers {key:30s} {value:5.2f}x")
     with open(args.out, "w", encoding="utf-8") as handle:
         json.dump(results, handle, indent=2)
 

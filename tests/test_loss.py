@@ -1,5 +1,6 @@
 """The chunked next-token loss equals plain cross-entropy, in value and gradients."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -57,3 +58,28 @@ def test_compiled_loss_matches_eager_in_value_and_grads_whole_and_chunked():
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
         for name, param in model.named_parameters():
             torch.testing.assert_close(param.grad, want[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_fused_head_and_loss_equals_cross_entropy_under_bf16_autocast():
+    from xmodel2.train.loss import _chunk_loss_sum, _fused_chunk_loss_sum
+
+    gen = torch.Generator().manual_seed(4)
+    hidden = torch.randn(300, 64, generator=gen, requires_grad=True)
+    weight = (0.05 * torch.randn(5000, 64, generator=gen)).requires_grad_()  # 2**21 / 5000: 419-row blocks
+    targets = torch.randint(0, 5000, (300,), generator=gen)
+    targets[::7] = IGNORE_INDEX
+    results = []
+    for loss_sum in (_chunk_loss_sum, _fused_chunk_loss_sum):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            total = loss_sum(hidden, weight, targets, 0.5)
+        total.backward(retain_graph=loss_sum is _fused_chunk_loss_sum)
+        results.append((total.detach(), hidden.grad, weight.grad))
+        hidden.grad = weight.grad = None
+        assert total.dtype == torch.float32
+    (want, *want_grads), (got, *got_grads) = results
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-3)
+    for have, expected in zip(got_grads, want_grads):
+        assert have.dtype == torch.float32
+        assert (have - expected).norm() / expected.norm() < 1e-3
+    with pytest.raises(RuntimeError, match="twice"):  # it would read gradients where logits were
+        total.backward()
