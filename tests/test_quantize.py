@@ -39,6 +39,9 @@ def test_int8_linear_is_the_dequantised_matmul_on_both_paths():
     fallback = layer(x)  # any other dtype or device dequantises on the fly
     assert fused.shape == fallback.shape == (2, 5, 96)
     assert (fused.float() - want).norm() / want.norm() < 1e-2  # bf16 output rounding
+    many = torch.randn(40, 64, generator=torch.Generator().manual_seed(2)).bfloat16()  # prefill rows
+    dense = layer(many).float()
+    assert (dense - many.float() @ dequant.T).norm() / dense.norm() < 1e-2
     torch.testing.assert_close(fallback, want, rtol=1e-5, atol=1e-4)
 
 

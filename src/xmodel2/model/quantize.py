@@ -23,6 +23,10 @@ from torch import nn
 from xmodel2.model.transformer import Transformer
 
 WEIGHT_FORMATS = ("fp32", "bf16", "int8")
+# `_weight_int8pack_mm` handles rows one by one: from about 32 rows (prefill) dequantising to bf16
+# and running the dense matmul is faster (measured on the benchmark's 32,000 x 512 head: 1 row
+# 0.61 against 2.30 ms, 16 rows 2.35 against 2.81, 32 rows 4.09 against 3.58, 64 rows 7.71 against 4.71).
+FUSED_KERNEL_MAX_ROWS = 32
 
 
 class Int8Linear(nn.Module):
@@ -40,10 +44,11 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
-        if flat.device.type == "cpu" and flat.dtype == self.scales.dtype:
+        if (flat.device.type == "cpu" and flat.dtype == self.scales.dtype
+                and flat.shape[0] < FUSED_KERNEL_MAX_ROWS):
             out = torch._weight_int8pack_mm(flat.contiguous(), self.qweight, self.scales)
         else:
-            # No fused kernel here (e.g. CUDA in some torch builds): dequantise on the fly.
+            # Prefill, or no fused kernel here: dequantise on the fly and use the dense matmul.
             out = F.linear(flat, self.qweight.to(flat.dtype)) * self.scales.to(flat.dtype)
         return out.view(*x.shape[:-1], self.out_features)
 
