@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xmodel2.model.attention import causal_attention
 from xmodel2.model.config import ModelConfig
 
 
@@ -109,16 +110,14 @@ class Attention(nn.Module):
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:
             k, v = cache.update(self.layer_index, k, v)
-        # Grouped-query attention inside SDPA: no expanded copies of K/V (measured ~10% faster
-        # on CPU than repeat_interleave for fwd+bwd).
-        gqa = self.num_kv_heads != self.num_heads
-        if mask is None:
-            # Plain causal attention: only valid when queries and keys start at the same position.
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=seq > 1, scale=self.scale,
-                                                 enable_gqa=gqa)
+        if mask is None and (cache is None or cache.length == 0):
+            # Plain causal attention: queries and keys start at the same position.
+            out = causal_attention(q, k, v, self.scale)
         else:
+            # Grouped-query attention inside SDPA: no expanded copies of K/V (measured ~10%
+            # faster on CPU than repeat_interleave for fwd+bwd).
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale,
-                                                 enable_gqa=gqa)
+                                                 enable_gqa=self.num_kv_heads != self.num_heads)
         return self.o_proj(out.transpose(1, 2).reshape(batch, seq, -1))
 
 
