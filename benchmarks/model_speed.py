@@ -1,6 +1,6 @@
 """Our model vs transformers' LlamaForCausalLM on the same shapes and weights (both eager).
 
-Training: forward + backward tokens/s in fp32 and with bf16 autocast. Decoding: greedy tokens/s at
+Training: forward + backward tokens/s of each side's own loss in fp32 and with bf16 autocast. Decoding: greedy tokens/s at
 batch 1, our KV-cache loop (eager and compiled; fp32 weights and the int8 inference format) against
 `generate` (fp32 and bf16 weights). Each figure is the median of --repeats timed runs after a
 warm-up (decoders interleaved); ratios (ours / transformers) come last, and all is written as JSON.
@@ -14,12 +14,9 @@ import argparse
 import copy
 import json
 import platform
-import statistics
-import time
 from contextlib import nullcontext
 
 import torch
-import torch.nn.functional as F
 
 
 def build_pair(preset_name: str, vocab: int, seed: int):
@@ -30,24 +27,15 @@ def build_pair(preset_name: str, vocab: int, seed: int):
     return (config, *same_function_pair(config, seed))
 
 
-def timed(fn, repeats: int) -> list[float]:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
-
-
-def train_step(model, logits_of, ids, targets, autocast: bool):
+def train_step(model, loss_of, ids, autocast: bool):
+    """Forward + backward of each side's own training loss (ours: `next_token_loss`, with its
+    fused LM head + cross-entropy; transformers: `labels=` in forward), as a user trains."""
     context = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else nullcontext()
 
     def step():
         model.zero_grad(set_to_none=True)
         with context:
-            logits = logits_of(model, ids)
-        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+            loss = loss_of(model, ids)
         loss.backward()
     return step
 
@@ -67,28 +55,27 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from xmodel2.bench import hf_generate, interleaved_medians
+    from xmodel2.bench import hf_generate, hf_loss, interleaved_medians, our_loss
     from xmodel2.model.generate import generate_ids
     from xmodel2.model.quantize import convert_weights
 
     config, ours, theirs = build_pair(args.preset, args.vocab, seed=0)
     gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, args.vocab, (args.batch, args.seq), generator=gen)
-    targets = torch.randint(0, args.vocab, (args.batch, args.seq), generator=gen)
+    ids = torch.randint(0, args.vocab, (args.batch, args.seq + 1), generator=gen)  # inputs + next tokens
     tokens = args.batch * args.seq
     results: dict = {"preset": args.preset, "vocab": args.vocab, "batch": args.batch, "seq": args.seq,
                      "threads": torch.get_num_threads(), "torch": torch.__version__,
                      "machine": platform.processor() or platform.machine(), "train_tokens_per_s": {},
                      "decode_tokens_per_s": {}}
 
-    ours_logits = lambda m, x: m(x)  # noqa: E731
-    theirs_logits = lambda m, x: m(x).logits  # noqa: E731
+    steps = {}
     for precision, autocast in (("fp32", False), ("bf16_autocast", True)):
-        for name, model, logits_of in (("ours", ours, ours_logits), ("transformers", theirs, theirs_logits)):
+        for name, model, loss_of in (("ours", ours, our_loss), ("transformers", theirs, hf_loss)):
             model.train()
-            times = timed(train_step(model, logits_of, ids, targets, autocast), args.repeats)
-            results["train_tokens_per_s"][f"{name}_{precision}"] = tokens / statistics.median(times)
-            print(f"train {precision:14s} {name:12s} {tokens / statistics.median(times):10.0f} tok/s")
+            steps[f"{name}_{precision}"] = train_step(model, loss_of, ids, autocast)
+    for name, seconds in interleaved_medians(steps, args.repeats).items():
+        results["train_tokens_per_s"][name] = tokens / seconds
+        print(f"train {name:26s} {tokens / seconds:10.0f} tok/s")
 
     prompt = torch.randint(0, args.vocab, (1, args.prompt), generator=gen)
     ours.eval()
