@@ -1,5 +1,6 @@
 """The top-level command: help lists every subcommand, unknown input exits 2."""
 
+import os
 import subprocess
 import sys
 
@@ -28,3 +29,15 @@ def test_unknown_arguments_exit_2(capsys):
     assert exit_code(["generate", "some-dir", "--prompt", "x", "--bogus"]) == 2
     assert exit_code(["nosuchcommand"]) == 2
     assert "--bogus" in capsys.readouterr().err
+
+
+def test_the_program_keeps_freed_memory_unless_told_not_to():
+    code = "from xmodel2.train.hardware import keep_freed_memory_for_reuse as keep; print(keep())"
+    env = {k: v for k, v in os.environ.items() if k != "XMODEL2_SYSTEM_MALLOC"}
+    tuned = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    untouched = subprocess.run([sys.executable, "-c", code], env={**env, "XMODEL2_SYSTEM_MALLOC": "1"},
+                               capture_output=True, text=True)
+    assert tuned.stdout.strip() == ("True" if sys.platform.startswith("linux") else "False")
+    assert untouched.stdout.strip() == "False"
+    run = subprocess.run([sys.executable, "-m", "xmodel2", "--version"], env=env, capture_output=True, text=True)
+    assert run.returncode == 0 and run.stdout.strip()

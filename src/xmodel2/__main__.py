@@ -1,3 +1,3 @@
-from xmodel2.cli import main
+from xmodel2.cli import entry
 
-raise SystemExit(main())
+entry()

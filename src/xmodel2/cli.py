@@ -70,5 +70,14 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """The `xmodel2` program (console script and `python -m xmodel2`): `main` in a process tuned
+    for large CPU tensors (see `keep_freed_memory_for_reuse`). Tests call `main` directly."""
+    from xmodel2.train.hardware import keep_freed_memory_for_reuse
+
+    keep_freed_memory_for_reuse()
     raise SystemExit(main())
+
+
+if __name__ == "__main__":
+    entry()
