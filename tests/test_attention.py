@@ -9,17 +9,17 @@ from xmodel2.model.config import ModelConfig
 from xmodel2.model.folder import build_model
 
 
-@pytest.mark.parametrize("heads,kv_heads,seq,block,scale", [
-    (8, 4, 160, 64, None),  # GQA, a last block shorter than the others
-    (4, 4, 128, 32, None),  # plain multi-head
-    (6, 2, 97, 16, 0.3),  # odd length, μP-style explicit scale
+@pytest.mark.parametrize("heads,kv_heads,seq,block,head_dim,scale", [
+    (8, 4, 160, 64, 64, None),  # GQA, a last block shorter; 1/8 scales the queries
+    (4, 4, 128, 32, 32, None),  # plain multi-head; 1/sqrt(32) scales the fp32 scores
+    (6, 2, 97, 16, 32, 0.3),  # odd length, μP-style explicit scale
 ])
-def test_block_causal_attention_equals_sdpa_with_grads(heads, kv_heads, seq, block, scale):
+def test_block_causal_attention_equals_sdpa_with_grads(heads, kv_heads, seq, block, head_dim, scale):
     gen = torch.Generator().manual_seed(seq)
-    q = torch.randn(2, heads, seq, 32, generator=gen, requires_grad=True)
-    k = torch.randn(2, kv_heads, seq, 32, generator=gen, requires_grad=True)
-    v = torch.randn(2, kv_heads, seq, 32, generator=gen, requires_grad=True)
-    grad = torch.randn(2, heads, seq, 32, generator=gen)
+    q = torch.randn(2, heads, seq, head_dim, generator=gen, requires_grad=True)
+    k = torch.randn(2, kv_heads, seq, head_dim, generator=gen, requires_grad=True)
+    v = torch.randn(2, kv_heads, seq, head_dim, generator=gen, requires_grad=True)
+    grad = torch.randn(2, heads, seq, head_dim, generator=gen)
     results = []
     for attend in (lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale,
                                                           enable_gqa=heads != kv_heads),

@@ -13,6 +13,8 @@ to rounding (fp32 outputs and gradients within 3e-7 relative; tests/test_attenti
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -39,8 +41,13 @@ def block_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sc
     kv_heads = k.shape[1]
     group = heads // kv_heads
     scale = head_dim ** -0.5 if scale is None else scale
+    # Scaling the queries first is cheaper (38 against 44 ms compiled at the benchmark shape) and
+    # exact when the scale is a power of two (head_dim 64: 1/8); otherwise the fp32 scores are
+    # scaled, as SDPA does, so bf16 queries are not rounded once more.
+    scale_queries = math.frexp(scale)[0] == 0.5
     # (batch, kv_heads, group, seq, head_dim): the query heads that share one KV head side by side.
-    grouped = (q * scale).view(batch, kv_heads, group, seq, head_dim)
+    grouped = (q * scale if scale_queries else q).view(batch, kv_heads, group, seq, head_dim)
+    score_scale = 1.0 if scale_queries else scale
     positions = torch.arange(seq, device=q.device)
     outputs = []
     for start in range(0, seq, block):
@@ -49,7 +56,8 @@ def block_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sc
         queries = grouped[:, :, :, start:end].reshape(batch, kv_heads, group * rows, head_dim)
         scores = (queries @ k[:, :, :end].transpose(-1, -2)).view(batch, kv_heads, group, rows, end)
         future = positions[None, :end] > positions[start:end, None]
-        probs = scores.float().masked_fill(future, float("-inf")).softmax(dim=-1).to(q.dtype)
+        scores = scores.float() if score_scale == 1.0 else scores.float() * score_scale
+        probs = scores.masked_fill(future, float("-inf")).softmax(dim=-1).to(q.dtype)
         out = probs.view(batch, kv_heads, group * rows, end) @ v[:, :, :end]
         outputs.append(out.view(batch, kv_heads, group, rows, head_dim))
     return torch.cat(outputs, dim=3).view(batch, heads, seq, head_dim)
