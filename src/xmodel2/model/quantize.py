@@ -10,8 +10,8 @@ fp32. Activations, norms, the KV cache and the embedding lookup stay bf16.
 Int8 rounding moves logits a little. On SmolLM2-135M-Instruct and 1,024 tokens of the bundled
 wiki-test text, perplexity is 13.03 in fp32, 13.08 in bf16 and 13.00 in int8, and the teacher-
 forced top-1 token equals fp32's at 95.2% of positions in int8 (96.6% in plain bf16: near-ties
-flip under any rounding); tests/test_quantize.py measures both. It is an inference format only: a quantized model
-cannot be trained or saved.
+flip under any rounding); tests/test_quantize.py measures both. It is an inference format only:
+a converted model cannot be trained or saved.
 """
 
 from __future__ import annotations
@@ -59,15 +59,15 @@ class Int8Linear(nn.Module):
 def convert_weights(model: Transformer, weight_format: str) -> Transformer:
     """Convert `model` in place to `weight_format` for inference and return it.
 
-    "fp32" and "bf16" cast every tensor. "int8" casts to bf16, then replaces every linear layer
-    and the LM head (the tied embedding's int8 copy, when tied) with `Int8Linear`.
+    "fp32" and "bf16" cast every tensor. "int8" replaces every linear layer and the LM head (an
+    int8 copy of the embedding, when tied) with `Int8Linear`, quantised from the weights as
+    given, then casts the rest (embedding, norms) to bf16.
     """
     if weight_format not in WEIGHT_FORMATS:
         raise ValueError(f"weight format must be one of {', '.join(WEIGHT_FORMATS)}, got {weight_format!r}")
     if weight_format == "fp32":
         return model.float()
     if weight_format == "int8":
-        # Quantise from the weights as loaded (fp32 keeps the scales exact), then cast the rest.
         for module in list(model.modules()):
             for name, child in list(module.named_children()):
                 if isinstance(child, nn.Linear):
