@@ -1,8 +1,8 @@
 """Our model vs transformers' LlamaForCausalLM on the same shapes and weights (both eager).
 
-Training: forward + backward tokens/s of each side's own loss in fp32 and with bf16 autocast. Decoding: greedy tokens/s at
-batch 1, our KV-cache loop (eager and compiled; fp32 weights and the int8 inference format) against
-`generate` (fp32 and bf16 weights). Each figure is the median of --repeats timed runs after a
+Training: forward + backward tokens/s of each side's own loss in fp32 and with bf16 autocast.
+Decoding: greedy tokens/s at batch 1, our KV-cache loop (eager and compiled; fp32 weights and the
+int8 inference format) against `generate` (fp32 and bf16 weights). Each figure is the median of --repeats timed runs after a
 warm-up (decoders interleaved); ratios (ours / transformers) come last, and all is written as JSON.
 
     python benchmarks/model_speed.py --preset nano --out benchmarks/model_speed.json

@@ -5,9 +5,10 @@ On the CPU, torch's flash-attention backward is slow: at the benchmark shape (ba
 the whole training step. Written as plain matrix products over query blocks of 64 rows, each
 block attending only to the keys at or before it, the same attention took 27-40 ms compiled and
 61-77 ms eager (medians over several runs on a shared machine): the blocks skip the masked upper
-triangle, and each block's scores stay small enough for the caches. The price is memory: like any unfused attention it keeps each block's
-probabilities for the backward pass (half of batch x heads x T^2 values), so it is used only up to
-BLOCKED_MAX_SEQ tokens, and only on the CPU where no fused kernel beats it. Results equal SDPA's
+triangle, and each block's scores stay small enough for the caches. The price is memory: like
+any unfused attention it keeps each block's probabilities for the backward pass (half of batch x
+heads x T^2 values), so it is used only up to BLOCKED_MAX_SEQ tokens, and only on the CPU, where
+no fused kernel beats it. Results equal SDPA's
 to rounding (fp32 outputs and gradients within 3e-7 relative; tests/test_attention.py).
 """
 
