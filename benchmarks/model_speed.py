@@ -1,4 +1,4 @@
-"""Our model vs transformers' LlamaForCausalLM on the same shapes and weights (both eager).
+"""Our model vs transformers' LlamaForCausalLM on the same shapes and weights (eager training).
 
 Training: forward + backward tokens/s of each side's own loss in fp32 and with bf16 autocast.
 Decoding: greedy tokens/s at batch 1, our KV-cache loop (eager and compiled; fp32 weights and the
@@ -54,6 +54,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    from xmodel2.train.hardware import keep_freed_memory_for_reuse
+
+    keep_freed_memory_for_reuse()  # as the xmodel2 program does; it helps both sides alike
 
     from xmodel2.bench import hf_generate, hf_loss, interleaved_medians, our_loss
     from xmodel2.model.generate import generate_ids
