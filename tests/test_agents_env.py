@@ -3,34 +3,23 @@ Wikipedia paragraphs (hand-written action sequences), the action parser, the Hot
 metrics, and ReAct's own data files (skipped when ../shared/reference/react is absent)."""
 
 import ast
-import gzip
 import json
 import re
-from itertools import islice
 from pathlib import Path
 
 import pytest
 
+from agent_fixtures import store_file  # noqa: F401  (module fixture)
 from xmodel2.agents.actions import Action, parse_action
 from xmodel2.agents.docstore import DocStore, load_docstore, sentences
 from xmodel2.agents.metrics import exact_match, f1, fever_correct, fever_label, normalize_answer
 from xmodel2.agents.reactdata import load_items, load_prompt
 from xmodel2.agents.tasks import sample
 from xmodel2.agents.wikienv import WikiEnv
-from xmodel2.data.corpus import corpus_file
 from xmodel2.errors import UserError
 
 REACT_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "react"
 needs_react = pytest.mark.skipif(not REACT_DIR.is_dir(), reason=f"ReAct reference data not found at {REACT_DIR}")
-
-
-@pytest.fixture(scope="module")
-def store_file(tmp_path_factory) -> Path:
-    """The first 150 pages of the bundled wiki-train split, as a user's JSONL store."""
-    path = tmp_path_factory.mktemp("store") / "slice.jsonl"
-    with gzip.open(corpus_file("wiki-train"), "rt", encoding="utf-8") as handle:
-        path.write_text("".join(islice(handle, 150)), encoding="utf-8")
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -3,23 +3,21 @@ generation, a full `xmodel2 eval --tasks hotpotqa_react,fever_react` run on a ra
 tiny model with a tokenizer trained here (real code path, meaningless scores), CLI errors, and a
 slow end-to-end run on SmolLM2 over ReAct's own data."""
 
-import gzip
 import json
 import subprocess
 import sys
-from itertools import islice
 from pathlib import Path
 
 import pytest
 
 from eval_fixtures import smollm2_dir  # noqa: F401  (session fixture)
+from agent_fixtures import store_file  # noqa: F401  (module fixture)
 from xmodel2.agents.docstore import load_docstore
 from xmodel2.agents.llm import ModelCompleter
 from xmodel2.agents.metrics import exact_match
 from xmodel2.agents.react import run_episode
 from xmodel2.agents.wikienv import WikiEnv
 from xmodel2.cli import main
-from xmodel2.data.corpus import corpus_file
 from xmodel2.model.config import ModelConfig
 from xmodel2.model.folder import build_model, save_model_folder
 from xmodel2.model.generate import generate
@@ -45,14 +43,6 @@ Thought 2: The observation says she was a mathematician.
 Action 2: Finish[SUPPORTS]
 
 """
-
-
-@pytest.fixture(scope="module")
-def store_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("store") / "slice.jsonl"
-    with gzip.open(corpus_file("wiki-train"), "rt", encoding="utf-8") as handle:
-        path.write_text("".join(islice(handle, 150)), encoding="utf-8")
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ what one rank must do alone (logging, the model folder) happens once."""
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import pickle
@@ -18,8 +17,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from run_fixtures import fresh_out, pretrain, slice_jsonl
 from xmodel2.cli import main
-from xmodel2.data.corpus import corpus_file
 from xmodel2.errors import UserError
 from xmodel2.train.checkpoint import latest_checkpoint, list_checkpoints
 
@@ -31,8 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 def config_path(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("distributed")
     for part, limit in (("wiki-train", 300), ("math", 80), ("wiki-validation", 30)):
-        with gzip.open(corpus_file(part), "rt", encoding="utf-8") as handle:
-            (root / f"{part}.jsonl").write_text("".join(l for _, l in zip(range(limit), handle)))
+        slice_jsonl(part, root / f"{part}.jsonl", limit)
     config = root / "tiny.yaml"
     # Global batch 8 in micro-batches of 2: one process accumulates 4, each of 2 ranks 2, so the
     # deferred gradient sync is exercised. grad_clip 0.3 sits below every step's gradient norm,
@@ -64,22 +62,6 @@ def config_path(tmp_path_factory) -> Path:
     return config
 
 
-def fresh_out(config_path: Path, tmp_path: Path, name: str, like: Path | None = None) -> Path:
-    out = tmp_path / name
-    if like is not None:
-        shutil.copytree(like, out)
-        return out
-    warm = config_path.parent / "warm"
-    out.mkdir()
-    shutil.copytree(warm / "tokenizer", out / "tokenizer")
-    shutil.copytree(warm / "data", out / "data")
-    return out
-
-
-def pretrain(config: Path, out: Path, *extra: str) -> None:
-    assert main(["pretrain", str(config), "--out", str(out), "--no-progress", "--no-finish", *extra]) == 0
-
-
 def torchrun(config: Path, out: Path, *extra: str, ranks: int = 2) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
                str(ranks), "-m", "xmodel2", "pretrain", str(config), "--out", str(out),
@@ -104,7 +86,7 @@ def max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> fl
 @pytest.fixture(scope="module")
 def reference(config_path, tmp_path_factory) -> Path:
     out = fresh_out(config_path, tmp_path_factory.mktemp("reference"), "single")
-    pretrain(config_path, out)
+    assert pretrain(config_path, out) == 0
     return out
 
 
@@ -164,7 +146,7 @@ def test_two_rank_checkpoint_resumes_on_one_process(config_path, reference, two_
     uninterrupted = two_ranks("fsdp")
     out = fresh_out(config_path, tmp_path, "resumed", like=uninterrupted)
     shutil.rmtree(out / "checkpoints" / f"step-{STEPS:08d}")
-    pretrain(config_path, out)  # no torchrun: one process reads both ranks' optimizer shards
+    assert pretrain(config_path, out) == 0  # no torchrun: one process reads both ranks' optimizer shards
     final = weights(latest_checkpoint(out))
     assert max_difference(final, weights(latest_checkpoint(uninterrupted))) < 1e-6
     assert max_difference(final, weights(latest_checkpoint(reference))) < 1e-5
@@ -195,7 +177,7 @@ def test_resume_tolerances_detect_a_lost_optimizer_state(config_path, reference,
     model = load_model_folder(step4)
     fresh = build_optimizer(model, model.config, lr=0.01, weight_decay=0.1)
     torch.save(fresh.state_dict(), step4 / "optimizer.pt")
-    pretrain(config_path, out)
+    assert pretrain(config_path, out) == 0
     assert max_difference(weights(latest_checkpoint(out)), weights(latest_checkpoint(reference))) > 1e-4
     (step4 / "optimizer.pt").unlink()
     with pytest.raises(UserError, match="no optimizer state"):

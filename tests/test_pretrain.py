@@ -3,7 +3,6 @@ crash-safe checkpoints, decay branches, NaN handling, bad input, and the run's o
 
 from __future__ import annotations
 
-import gzip
 import json
 import signal
 import subprocess
@@ -16,17 +15,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from run_fixtures import fresh_out, pretrain, slice_jsonl
 from xmodel2.cli import main
-from xmodel2.data.corpus import corpus_file
 from xmodel2.train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 
 STEPS = 24
-
-
-def slice_jsonl(part: str, out: Path, limit: int) -> Path:
-    with gzip.open(corpus_file(part), "rt", encoding="utf-8") as handle:
-        out.write_text("".join(line for _, line in zip(range(limit), handle)), encoding="utf-8")
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -65,22 +58,6 @@ def config_path(tmp_path_factory) -> Path:
     assert main(["pretrain", str(config), "--out", str(warm), "--train.steps=9", "--stages.1.steps=1",
                  "--no-progress", "--no-finish"]) == 0
     return config
-
-
-def fresh_out(config_path: Path, tmp_path: Path, name: str) -> Path:
-    """An output folder that already holds the prepared tokenizer and shards (not checkpoints)."""
-    import shutil
-
-    out = tmp_path / name
-    warm = config_path.parent / "warm"
-    out.mkdir()
-    shutil.copytree(warm / "tokenizer", out / "tokenizer")
-    shutil.copytree(warm / "data", out / "data")
-    return out
-
-
-def pretrain(config: Path, out: Path, *extra: str) -> int:
-    return main(["pretrain", str(config), "--out", str(out), "--no-progress", "--no-finish", *extra])
 
 
 def final_weights(out: Path) -> dict[str, torch.Tensor]:
