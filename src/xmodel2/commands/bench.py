@@ -104,22 +104,24 @@ def run(args: argparse.Namespace) -> int:
         "(weights fp32 unless named)")
     for batch in (1, 8):
         prompt = torch.randint(0, shape.vocab, (batch, args.prompt), generator=gen)
-        sides = {"ours": (ours, False), "transformers": (theirs, None),
-                 "transformers bf16": (theirs_bf16, None), "ours int8": (ours_int8, False)}
+        models = {"ours": ours, "transformers": theirs, "transformers bf16": theirs_bf16,
+                  "ours int8": ours_int8}
+        # side -> (its model, compiled decode step; None for transformers' generate)
+        sides = {"ours": ("ours", False), "transformers": ("transformers", None),
+                 "transformers bf16": ("transformers bf16", None), "ours int8": ("ours int8", False)}
         if not args.no_compile:
-            sides.update({"ours compiled": (ours, True), "ours int8 compiled": (ours_int8, True)})
-        variants = {}
-        for side, (model, compile_decode) in sides.items():
-            variants[f"{side} prefill"] = bench.prefill(model, prompt)
+            sides.update({"ours compiled": ("ours", True), "ours int8 compiled": ("ours int8", True)})
+        variants = {f"{name} prefill": bench.prefill(model, prompt) for name, model in models.items()}
+        for side, (name, compile_decode) in sides.items():
             variants[f"{side} generate"] = (
-                bench.hf_generate(model, prompt, args.new_tokens) if compile_decode is None
-                else lambda m=model, c=compile_decode: generate_ids(m, prompt.tolist(), args.new_tokens,
-                                                                    compile=c))
+                bench.hf_generate(models[name], prompt, args.new_tokens) if compile_decode is None
+                else lambda m=models[name], c=compile_decode: generate_ids(m, prompt.tolist(),
+                                                                           args.new_tokens, compile=c))
         t = bench.interleaved_medians(variants, args.repeats)
-        for side in sides:
-            prefill = batch * args.prompt / t[f"{side} prefill"]
+        for side, (name, _) in sides.items():
+            prefill = batch * args.prompt / t[f"{name} prefill"]
             # decode rate: generated tokens over generate's time minus one prefill
-            decode_time = max(1e-9, t[f"{side} generate"] - t[f"{side} prefill"])
+            decode_time = max(1e-9, t[f"{side} generate"] - t[f"{name} prefill"])
             decode = batch * args.new_tokens / decode_time
             result["generation"][f"{side} batch {batch}"] = {"prefill_tokens_per_s": prefill,
                                                              "decode_tokens_per_s": decode}

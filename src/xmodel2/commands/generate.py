@@ -16,6 +16,7 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     parser.add_argument("--stop", action="append", default=None, metavar="STR",
                         help="stop when this text appears (repeatable); it is not printed")
+    # quantize.WEIGHT_FORMATS, written out: importing that module would load torch for --help.
     parser.add_argument("--dtype", choices=("fp32", "bf16", "int8"), default="fp32",
                         help="weights: fp32 (default), bf16, or int8 (weight-only, bf16 activations: "
                              "about 4x faster decoding on CPU, slightly different logits)")

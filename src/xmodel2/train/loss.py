@@ -22,6 +22,8 @@ compiled: about the time of its three matmuls alone.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
@@ -99,15 +101,10 @@ def _fused_chunk_loss_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: t
         return LinearCrossEntropy.apply(hidden.to(dtype), weight.to(dtype), targets)
 
 
-_compiled_chunk_loss_sum = None
-
-
+@functools.cache
 def compiled_chunk_loss_sum():
     """`torch.compile(_chunk_loss_sum)`, built on first use (compiling costs seconds)."""
-    global _compiled_chunk_loss_sum
-    if _compiled_chunk_loss_sum is None:
-        _compiled_chunk_loss_sum = torch.compile(_chunk_loss_sum)
-    return _compiled_chunk_loss_sum
+    return torch.compile(_chunk_loss_sum)
 
 
 def next_token_loss(model: torch.nn.Module, input_ids: torch.Tensor, targets: torch.Tensor,
