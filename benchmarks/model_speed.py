@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import platform
 from contextlib import nullcontext
 
@@ -119,8 +118,9 @@ def main() -> None:
     print(f"greedy tokens identical: {results['decode_same_greedy_tokens']}")
     for key, value in results["ratios"].items():
         print(f"ratio ours/transformers {key:30s} {value:5.2f}x")
-    with open(args.out, "w", encoding="utf-8") as handle:
-        json.dump(results, handle, indent=2)
+    from xmodel2.fileio import atomic_write_json
+
+    atomic_write_json(args.out, results)
 
 
 if __name__ == "__main__":
