@@ -8,8 +8,14 @@ block attending only to the keys at or before it, the same attention took 27-40 
 triangle, and each block's scores stay small enough for the caches. The price is memory: like
 any unfused attention it keeps each block's probabilities for the backward pass (half of batch x
 heads x T^2 values), so it is used only up to BLOCKED_MAX_SEQ tokens, and only on the CPU, where
-no fused kernel beats it. Results equal SDPA's
-to rounding (fp32 outputs and gradients within 3e-7 relative; tests/test_attention.py).
+no fused kernel beats it. Results equal SDPA's to rounding (fp32 outputs and gradients within
+3e-7 relative; tests/test_attention.py).
+
+Compiled models trace the plain blocked ops, which inductor fuses well. Eager training uses
+`BlockCausalAttention`, the same blocks with a hand-written backward: the whole eager training
+step took 1.67 s instead of 1.86 s at the benchmark shape, and 0.351 s instead of 0.385 s for the
+embedded default (nano, 16 x 256 tokens), interleaved medians in one process. Under compile it
+was no faster than the plain ops (1.52-1.61 against 1.46-1.62 s), so it is not used there.
 """
 
 from __future__ import annotations
