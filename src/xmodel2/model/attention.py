@@ -118,12 +118,12 @@ class BlockCausalAttention(torch.autograd.Function):
                 probs.append(block_probs)
         out = out.view(batch, heads, seq, head_dim)
         ctx.scale, ctx.scale_queries, ctx.block = scale, scale_queries, block
-        ctx.save_for_backward(queries, keys, values, out, *probs)
+        ctx.save_for_backward(queries, keys, values, *probs)
         return out
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        queries, keys, values, out, *probs = ctx.saved_tensors
+        queries, keys, values, *probs = ctx.saved_tensors
         batch, kv_heads, group, seq, head_dim = queries.shape
         dtype = queries.dtype
         with torch.autocast(grad_out.device.type, enabled=False):
