@@ -112,3 +112,25 @@ def test_weight_gradient_summed_over_chunks_in_fp32():
     error = {name: float((grads[name] - grads["fp32"]).norm() / grads["fp32"].norm())
              for name in ("bf16", "bf16 chunked")}
     assert error["bf16 chunked"] < 1.5 * error["bf16"], error
+
+
+def test_eager_loss_exact_where_the_target_probability_underflows():
+    """The eager path takes -log(softmax) of the target; where that probability is tiny or
+    underflows to 0 in fp32 (a logit gap of 100 or 300), the loss is recomputed exactly."""
+    from xmodel2.train.loss import linear_cross_entropy_sum
+
+    gen = torch.Generator().manual_seed(6)
+    hidden = torch.randn(6, 16, generator=gen)
+    weight = torch.randn(50, 16, generator=gen)
+    hidden[0] = 0.0
+    hidden[0, 0], hidden[1, 0] = 10.0, 30.0
+    weight[:, 0] = 0.0
+    weight[7, 0] = 10.0  # row 0: target 3 scores 100 below token 7; row 1: 300 below
+    targets = torch.tensor([3, 3, 1, 2, IGNORE_INDEX, 4])
+    hidden.requires_grad_()
+    got = linear_cross_entropy_sum(hidden, weight, targets)
+    want = F.cross_entropy(hidden.detach() @ weight.T, targets, ignore_index=IGNORE_INDEX, reduction="sum")
+    assert torch.isfinite(got)
+    torch.testing.assert_close(got.detach(), want, rtol=1e-6, atol=1e-4)
+    got.backward()
+    assert torch.isfinite(hidden.grad).all()
