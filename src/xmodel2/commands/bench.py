@@ -111,15 +111,14 @@ def run(args: argparse.Namespace) -> int:
     theirs_bf16 = copy.deepcopy(theirs).to(torch.bfloat16)
     say(f"\nprefill {args.prompt} tokens, decode {args.new_tokens} tokens, greedy "
         "(weights fp32 unless named)")
+    models = {"ours": ours, "transformers": theirs, "transformers bf16": theirs_bf16, "ours int8": ours_int8}
+    # side -> (its model, compiled decode step; None for transformers' generate)
+    sides = {"ours": ("ours", False), "transformers": ("transformers", None),
+             "transformers bf16": ("transformers bf16", None), "ours int8": ("ours int8", False)}
+    if not args.no_compile:
+        sides.update({"ours compiled": ("ours", True), "ours int8 compiled": ("ours int8", True)})
     for batch in (1, 8):
         prompt = torch.randint(0, shape.vocab, (batch, args.prompt), generator=gen)
-        models = {"ours": ours, "transformers": theirs, "transformers bf16": theirs_bf16,
-                  "ours int8": ours_int8}
-        # side -> (its model, compiled decode step; None for transformers' generate)
-        sides = {"ours": ("ours", False), "transformers": ("transformers", None),
-                 "transformers bf16": ("transformers bf16", None), "ours int8": ("ours int8", False)}
-        if not args.no_compile:
-            sides.update({"ours compiled": ("ours", True), "ours int8 compiled": ("ours int8", True)})
         variants = {f"{name} prefill": bench.prefill(model, prompt) for name, model in models.items()}
         for side, (name, compile_decode) in sides.items():
             variants[f"{side} generate"] = (

@@ -7,7 +7,6 @@ import argparse
 HELP = "Continue a prompt with a model folder (KV-cache decoding, greedy or sampled)."
 
 
-
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate (default 64)")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 means greedy (default)")
