@@ -43,53 +43,162 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 @contextlib.contextmanager
-def atomic_directory(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Path]:
+def atomic_directory(path: str | os.PathLike, kind: str, overwrite: bool = True) -> Iterator[Path]:
     """Yield a temporary sibling folder; on success it replaces `path` in one rename.
 
-    A crash inside the block leaves `path` as it was (plus a `.tmp` folder that the next
-    attempt removes), so readers only ever see complete folders.
+    `kind` (a FOLDER_KINDS key) is recorded in the folder's mark; an existing `path` is replaced
+    only when it is empty or holds the same kind. Every file is fsync-ed before the rename and
+    the parent folder after it, so after a power loss the folder is either the old one or the
+    complete new one. A crash inside the block leaves `path` as it was (plus a `.tmp` folder
+    that the next attempt removes), so readers only ever see complete folders.
     """
     path = Path(path)
-    if path.exists() and not _replaceable(path):
-        from xmodel2.errors import UserError
-
-        raise UserError(f"{path}: exists and was not written by xmodel2; refusing to replace it "
-                        "(choose another output folder or remove it)")
+    check_replaceable(path, kind)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    (tmp / OWNER_MARK).write_text("written by xmodel2; this folder may be replaced by it\n")
+    write_mark(tmp, kind)
     try:
         yield tmp
         for item in [tmp, *tmp.rglob("*")]:  # files copied or made by mkstemp may be 0600
             os.chmod(item, (0o777 if item.is_dir() else 0o666) & ~_umask())
+        fsync_tree(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if path.exists() and not overwrite:
+        shutil.rmtree(tmp)
+        raise FileExistsError(path)
+    publish_directory(tmp, path)
+
+
+def publish_directory(tmp: Path, path: Path) -> None:
+    """Rename a complete, fsync-ed folder onto `path` (moving an old one aside first) and make
+    the rename itself durable."""
     if path.exists():
-        if not overwrite:
-            shutil.rmtree(tmp)
-            raise FileExistsError(path)
         old = path.parent / f".{path.name}.old"
         if old.exists():
             shutil.rmtree(old)
         os.replace(path, old)
         os.replace(tmp, path)
+        fsync_directory(path.parent)
         shutil.rmtree(old)
     else:
         os.replace(tmp, path)
+        fsync_directory(path.parent)
 
 
-OWNER_MARK = ".xmodel2"
+def fsync_tree(folder: Path) -> None:
+    """Flush every file and folder entry under `folder` to the disk (data first, then names)."""
+    for item in folder.rglob("*"):
+        if item.is_file() and not item.is_symlink():
+            fd = os.open(item, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    for item in [*folder.rglob("*"), folder]:
+        if item.is_dir() and not item.is_symlink():
+            fsync_directory(item)
 
 
-def _replaceable(path: Path) -> bool:
-    """Only an empty folder or one we wrote may be replaced: `--out ~/` must never wipe a home."""
+def fsync_directory(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# ---- folder kinds ----------------------------------------------------------------------------------
+
+OWNER_MARK = ".xmodel2"  # in every folder xmodel2 writes: {"kind": ..., "version": 1}
+MARK_VERSION = 1
+# kind -> (one such folder, several of them), as messages name them
+FOLDER_KINDS = {
+    "model": ("a model folder", "model folders"),
+    "checkpoint": ("a training checkpoint", "training checkpoints"),
+    "run": ("a training run folder", "training run folders"),
+    "shards": ("a token shard folder", "token shard folders"),
+    "tokenizer": ("a tokenizer folder", "tokenizer folders"),
+    "sft": ("an SFT data folder", "SFT data folders"),
+}
+UNKNOWN = "unknown"  # marked by an xmodel2 from before marks named a kind, content not recognised
+FOREIGN = "foreign"  # not empty and not written by xmodel2
+NOT_A_FOLDER = "file"
+LOCK_FILE = ".lock"  # a run folder's lock (folders.py); alone, it does not make a folder non-empty
+
+
+def write_mark(folder: Path, kind: str) -> None:
+    if kind not in FOLDER_KINDS:
+        raise ValueError(f"unknown folder kind {kind!r}")
+    atomic_write_text(folder / OWNER_MARK, json.dumps({"kind": kind, "version": MARK_VERSION}) + "\n")
+
+
+def folder_kind(path: str | os.PathLike) -> str | None:
+    """What `path` holds: a FOLDER_KINDS key, UNKNOWN, FOREIGN, NOT_A_FOLDER, or None when it is
+    absent or empty (anything may be written there)."""
+    path = Path(path)
+    if not path.exists():
+        return None
     if not path.is_dir():
-        return False
-    return (path / OWNER_MARK).is_file() or not any(path.iterdir())
+        return NOT_A_FOLDER
+    names = {p.name for p in path.iterdir()} - {LOCK_FILE}
+    if not names:
+        return None
+    mark = path / OWNER_MARK
+    if not mark.is_file():
+        return "run" if _legacy_run(names) else FOREIGN
+    try:
+        kind = json.loads(mark.read_text(encoding="utf-8")).get("kind")
+    except (ValueError, AttributeError):  # the plain-text mark written before kinds existed
+        kind = None
+    return kind if kind in FOLDER_KINDS else _legacy_kind(names)
+
+
+def _legacy_run(names: set[str]) -> bool:
+    # Run folders were not marked before kinds existed; their layout identifies them.
+    return "run_config.json" in names and "checkpoints" in names
+
+
+def _legacy_kind(names: set[str]) -> str:
+    """The kind of a folder marked before marks named one, from the files it holds."""
+    if names & {"trainer_state.json", "optimizer.pt", "optimizer"}:
+        return "checkpoint"
+    if "model.safetensors" in names or "model.safetensors.index.json" in names:
+        return "model"
+    if "meta.json" in names and "tokens.bin" in names:
+        return "shards"
+    if "sft-report.json" in names:
+        return "sft"
+    if "tokenizer.model" in names and "config.json" not in names:
+        return "tokenizer"
+    return UNKNOWN
+
+
+def check_replaceable(path: str | os.PathLike, kind: str, command: str | None = None) -> None:
+    """Refuse, in one line naming the path and both kinds, to write `kind` over anything but an
+    absent or empty folder or one of the same kind: `--out ~/` must never wipe a home, and an
+    import must never replace a training checkpoint with a bare model folder."""
+    found = folder_kind(path)
+    if found is None or found == kind:
+        return
+    from xmodel2.errors import UserError
+
+    one, several = FOLDER_KINDS[kind]
+    writer = f"{command} writes {one}" if command else f"this writes {one}"
+    raise UserError(f"{path}: {_describe(found)}; {writer} and replaces only {several} "
+                    "(choose another output folder or remove it)")
+
+
+def _describe(found: str) -> str:
+    if found in FOLDER_KINDS:
+        return f"holds {FOLDER_KINDS[found][0]}"
+    return {NOT_A_FOLDER: "is a file, not a folder",
+            FOREIGN: "exists and was not written by xmodel2",
+            UNKNOWN: "was written by an earlier xmodel2 and its kind is not recognised"}[found]
 
 
 def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:

@@ -249,7 +249,7 @@ def _concatenate(plan: list[Chunk], staging: Path, out: Path, dtype: np.dtype, c
                  request: str, tokenizer, tokenizer_path: str, dtype_name: str, jsonl_field: str) -> dict:
     lengths_all = []
     digest = hashlib.sha256()
-    with atomic_directory(out) as tmp:
+    with atomic_directory(out, kind="shards") as tmp:
         with open(tmp / TOKENS_FILE, "wb") as handle:
             for chunk in plan:
                 part = _read_part(_part_path(staging, chunk.index), chunk.digest, dtype)

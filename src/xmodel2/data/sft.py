@@ -251,7 +251,7 @@ def prepare_sft(files: list[SFTFile], out_dir: str | Path, held_out_percent: int
             return _from_report(out_dir, report)
 
     all_counts = []
-    with atomic_directory(out_dir) as tmp:
+    with atomic_directory(out_dir, kind="sft") as tmp:
         handles: dict[str, object] = {}
         try:
             for source in files:

@@ -92,7 +92,7 @@ def write_folder(out: str | Path, hf_config: dict, tensors: dict[str, torch.Tens
     from safetensors.torch import save_file
 
     out = Path(out)
-    with atomic_directory(out) as tmp:
+    with atomic_directory(out, kind="model") as tmp:
         hf_config = dict(hf_config)
         hf_config["torch_dtype"] = str(tensors["model.embed_tokens.weight"].dtype).replace("torch.", "")
         atomic_write_json(tmp / "config.json", hf_config)

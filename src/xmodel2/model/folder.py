@@ -45,7 +45,7 @@ def save_model_folder(model: Transformer, out_dir: str | Path, tokenizer_dir: st
 
     out_dir = Path(out_dir)
     config = model.config
-    with atomic_directory(out_dir) as tmp:
+    with atomic_directory(out_dir, kind="model") as tmp:
         hf = to_hf_config(config)
         if config_extra:
             hf.update(config_extra)

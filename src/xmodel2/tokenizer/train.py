@@ -77,7 +77,7 @@ def train_tokenizer(inputs: list[str | Path], out_dir: str | Path, vocab_size: i
     spm.set_random_generator_seed(seed)
     proto = _train(spm, corpus, vocab_size, character_coverage(corpus, vocab_size))
     out_dir = Path(out_dir)
-    with atomic_directory(out_dir) as tmp:
+    with atomic_directory(out_dir, kind="tokenizer") as tmp:
         atomic_write_bytes(tmp / MODEL_NAME, proto)
         atomic_write_json(tmp / CONFIG_NAME, tokenizer_config())
     return out_dir

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from xmodel2.errors import UserError
-from xmodel2.fileio import atomic_directory, atomic_write_json, read_json
+from xmodel2.fileio import OWNER_MARK, atomic_directory, atomic_write_json, read_json
 from xmodel2.model.folder import load_state_into, read_safetensors, save_model_folder, WEIGHTS_NAME
 from xmodel2.model.transformer import Transformer
 
@@ -56,13 +56,11 @@ def latest_checkpoint(out_dir: str | Path) -> Path | None:
 def save_checkpoint(out_dir: str | Path, model: Transformer, optimizer: torch.optim.Optimizer,
                     state: TrainingState, tokenizer_dir: str | Path | None, keep: int = 0) -> Path:
     path = checkpoint_dir(out_dir, state.step)
-    with atomic_directory(path) as tmp:
+    with atomic_directory(path, kind="checkpoint") as tmp:
         # The model folder goes into a subfolder of the temporary folder first, then its files are
         # moved up; save_model_folder is itself atomic, which we do not need twice here.
         save_model_folder(model, tmp / "model", tokenizer_dir=tokenizer_dir)
-        for item in (tmp / "model").iterdir():
-            item.rename(tmp / item.name)
-        (tmp / "model").rmdir()
+        move_model_files_up(tmp / "model")
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save({"torch": torch.get_rng_state()}, tmp / "rng.pt")
         atomic_write_json(tmp / STATE_FILE, {"step": state.step, "tokens": state.tokens,
@@ -71,6 +69,17 @@ def save_checkpoint(out_dir: str | Path, model: Transformer, optimizer: torch.op
         for old in list_checkpoints(out_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     return path
+
+
+def move_model_files_up(model_dir: Path) -> None:
+    """Move a model folder's files into its parent (the checkpoint) and remove it; its mark,
+    which says "model", stays behind so the parent keeps its own "checkpoint" mark."""
+    for item in model_dir.iterdir():
+        if item.name == OWNER_MARK:
+            item.unlink()
+        else:
+            item.rename(model_dir.parent / item.name)
+    model_dir.rmdir()
 
 
 def load_checkpoint(path: str | Path, model: Transformer,

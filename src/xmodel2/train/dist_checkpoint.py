@@ -18,7 +18,6 @@ pickled objects), so reading a checkpoint cannot run code.
 
 from __future__ import annotations
 
-import os
 import pickle
 import shutil
 import warnings
@@ -32,11 +31,12 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
                                                      get_optimizer_state_dict, set_optimizer_state_dict)
 
 from xmodel2.errors import UserError
-from xmodel2.fileio import atomic_write_json
+from xmodel2.fileio import atomic_write_json, fsync_tree, publish_directory, write_mark
 from xmodel2.model.folder import save_model_folder
 from xmodel2.model.transformer import Transformer
 from xmodel2.train import distributed
-from xmodel2.train.checkpoint import STATE_FILE, TrainingState, checkpoint_dir, list_checkpoints
+from xmodel2.train.checkpoint import (STATE_FILE, TrainingState, checkpoint_dir, list_checkpoints,
+                                      move_model_files_up)
 
 OPTIMIZER_DIR = "optimizer"  # DCP folder: the optimizer's state tensors, sharded
 OPTIMIZER_FILE = "optimizer.pt"  # single-process checkpoints: one full state dict
@@ -85,22 +85,15 @@ def _write_model_folder(model: Transformer, weights: dict[str, torch.Tensor], fo
         full = Transformer(model.config)
     full.load_state_dict(weights, assign=True)
     save_model_folder(full, folder / "model", tokenizer_dir=tokenizer_dir)
-    for item in (folder / "model").iterdir():
-        item.rename(folder / item.name)
-    (folder / "model").rmdir()
+    move_model_files_up(folder / "model")
+    write_mark(folder, "checkpoint")
 
 
 def _publish(tmp: Path, path: Path) -> None:
     for item in [tmp, *tmp.rglob("*")]:
         item.chmod(0o755 if item.is_dir() else 0o644)
-    if path.exists():  # re-written after a resume from an earlier step
-        old = path.parent / f".{path.name}.old"
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, path)
+    fsync_tree(tmp)  # every rank's shard is on the shared disk before the folder counts as complete
+    publish_directory(tmp, path)  # replaces one re-written after a resume from an earlier step
 
 
 # ---- reading -------------------------------------------------------------------------------------
