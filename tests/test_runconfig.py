@@ -31,12 +31,18 @@ def test_overrides_change_values():
 
 
 @pytest.mark.parametrize("override, message", [
-    (["--train.lrr=0.1"], "unknown key train.lrr (did you mean 'lr'?)"),
-    (["--trian.steps=5"], "unknown key trian (did you mean 'train'?)"),
-    (["--train.steps=abc"], "train.steps must be an integer"),
+    (["--train.lrr=0.1"], "--train.lrr=0.1: unknown key train.lrr (did you mean 'lr'?)"),
+    (["--trian.steps=5"], "--trian.steps=5: unknown key trian (did you mean 'train'?)"),
+    (["--train.steps=abc"], "--train.steps=abc: must be an integer, got 'abc'"),
     (["--model.hiden_size=64"], "unknown key model.hiden_size (did you mean 'hidden_size'?)"),
-    (["--train.steps=100"], "leaves no steps for stage 'stable'"),
-    (["--train.precision=fp16"], "precision must be bf16 or fp32"),
+    (["--train.steps=100"], "--train.steps=100: train.steps=100 leaves no steps for stage 'stable'"),
+    (["--train.precision=fp16"], "--train.precision=fp16: must be bf16 or fp32, got 'fp16'"),
+    (["--train.lr=nan"], "--train.lr=nan: must be a finite number > 0, got nan"),
+    (["--train.beta2", "1"], "--train.beta2=1: must be a finite number in [0, 1), got 1"),
+    (["--stages.0.mixture.math=-0.1"], "--stages.0.mixture.math=-0.1: must be a finite number >= 0"),
+    (["--stages.0.mixture.math=0.5"], "--stages.0.mixture.math=0.5: stages.0.mixture: shares add up"),
+    (["--train.batch_schedule=[[0, 8], [0, 16]]"], "steps must be strictly increasing"),
+    (["--stages.1.decay.floor=2"], "--stages.1.decay.floor=2: must be a finite number in [0, 1]"),
 ])
 def test_bad_overrides_are_named(override, message):
     with pytest.raises(UserError) as info:
@@ -67,7 +73,7 @@ def test_held_out_source_refused_in_mixture(tmp_path):
 def test_cli_reports_unknown_key_with_exit_2(tmp_path, capsys):
     assert main(["pretrain", "--out", str(tmp_path / "o"), "--train.stepz=3"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["xmodel2: error: unknown key train.stepz (did you mean 'steps'?)"]
+    assert err == ["xmodel2: error: --train.stepz=3: unknown key train.stepz (did you mean 'steps'?)"]
     assert not (tmp_path / "o").exists()
 
 
@@ -90,3 +96,32 @@ def test_fragment_merges_before_overrides(tmp_path):
     bad.write_text("train: {lrr: 0.1}\n")
     with pytest.raises(UserError, match="unknown key train.lrr"):
         load_run_config(None, [], fragments=[bad])
+
+
+@pytest.mark.parametrize("text, message", [
+    ("train: {lr: 0.1}\ntrain: {steps: 5}\n", "run.yaml:2: duplicate key train (first at line 1)"),
+    ("train:\n  lr: 0.1\n  lr: 0.2\n", "run.yaml:3: duplicate key train.lr (first at line 2)"),
+    ("a: &a [1, 2]\nb: [*a, *a]\n", "run.yaml:2: invalid YAML: aliases (*name) are not allowed"),
+    ("train:\n  eps: 0\n", "run.yaml:2: train.eps: must be a finite number > 0, got 0"),
+])
+def test_config_files_refused_with_file_and_line(tmp_path, text, message):
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError) as info:
+        load_run_config(path, [])
+    assert str(info.value).startswith(str(tmp_path / message))
+
+
+def test_invalid_utf8_in_a_config_names_the_line(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_bytes(b"train:\n  lr: 0.1  # caf\xe9\n")
+    with pytest.raises(UserError, match=r"run.yaml:2: not UTF-8 text \(byte 0xe9\)"):
+        load_run_config(path, [])
+
+
+def test_an_override_of_a_value_in_the_file_is_blamed_not_the_file(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(DEFAULT_CONFIG.read_text())
+    with pytest.raises(UserError) as info:
+        load_run_config(path, ["--checkpoint.every=0"])
+    assert str(info.value) == "--checkpoint.every=0: must be an integer >= 1, got 0"

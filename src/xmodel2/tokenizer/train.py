@@ -18,6 +18,10 @@ CONFIG_NAME = "tokenizer_config.json"
 TRAIN_THREADS = 16
 # Fewer learned pieces than this leaves almost every word in single characters or bytes.
 MIN_LEARNED_PIECES = 256
+MIN_VOCAB_SIZE = RESERVED_PIECES + MIN_LEARNED_PIECES
+# Four times the largest vocabulary in common use (Gemma's 256k): a typo of a few zeros beyond it
+# would make SentencePiece allocate for billions of pieces before it noticed.
+MAX_VOCAB_SIZE = 1 << 20
 
 # lowered for corpora with more distinct characters than the vocabulary holds (character_coverage)
 RELEASED_CHARACTER_COVERAGE = 0.9999
@@ -62,10 +66,11 @@ def train_tokenizer(inputs: list[str | Path], out_dir: str | Path, vocab_size: i
     """
     import sentencepiece as spm
 
-    minimum = RESERVED_PIECES + MIN_LEARNED_PIECES
-    if vocab_size < minimum:
+    if vocab_size < MIN_VOCAB_SIZE:
         raise UserError(f"vocab size {vocab_size} is too small: {RESERVED_PIECES} ids are taken by "
-                        f"special, user-defined and byte pieces; use at least {minimum}")
+                        f"special, user-defined and byte pieces; use at least {MIN_VOCAB_SIZE}")
+    if vocab_size > MAX_VOCAB_SIZE:
+        raise UserError(f"vocab size {vocab_size:,} is too large; use at most {MAX_VOCAB_SIZE:,}")
     if max_sentences is not None and max_sentences < 1:
         raise UserError(f"max sentences must be positive, got {max_sentences}")
     if not inputs:

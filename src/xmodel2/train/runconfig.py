@@ -12,9 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from xmodel2.configfile import apply_overrides, overridden_keys, load_sections, read_yaml, to_plain
+from xmodel2.configfile import (apply_overrides, bounded, load_sections, one_of, override_texts,
+                                read_yaml, to_plain)
 from xmodel2.errors import UserError
 from xmodel2.model.config import ModelConfig, MupConfig, preset, reject_unknown_keys
+from xmodel2.tokenizer.train import MAX_VOCAB_SIZE, MIN_VOCAB_SIZE
+from xmodel2.train.schedule import DECAY_SHAPES, BatchSchedule
 
 PACKAGE_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 DEFAULT_CONFIG = PACKAGE_CONFIGS / "default.yaml"
@@ -32,92 +35,82 @@ class SourceSection:
 @dataclass
 class TokenizerSection:
     path: str | None = None  # an existing tokenizer; None trains one on the training sources
-    vocab_size: int = 4096
-    max_sentences: int = 300000
+    vocab_size: int = bounded(4096, at_least=MIN_VOCAB_SIZE, at_most=MAX_VOCAB_SIZE)
+    max_sentences: int = bounded(300000, at_least=1)
 
 
 @dataclass
 class DataSection:
     sources: dict[str, SourceSection] = field(default_factory=dict)
-    seq_len: int = 256
+    seq_len: int = bounded(256, at_least=1)
     validation: str | None = None  # a held-out source used for val_loss
-    validation_sequences: int = 64
+    validation_sequences: int = bounded(64, at_least=1)
     test: str | None = None  # a held-out source for the final perplexity
-    workers: int = 2
+    workers: int = bounded(2, at_least=1)
 
 
 @dataclass
 class DecaySection:
-    shape: str = "exponential"
-    half_life: float = 5000.0  # steps, exponential shape only (the report: 5000)
-    floor: float = 0.0
+    shape: str = one_of(*DECAY_SHAPES)
+    half_life: float = bounded(5000.0, above=0)  # steps, exponential shape only (the report: 5000)
+    floor: float = bounded(0.0, at_least=0, at_most=1)  # a fraction of the peak LR
 
 
 @dataclass
 class StageSection:
     name: str
-    mixture: dict[str, float]  # source -> tokens (> 1) or share of the stage's tokens (<= 1)
-    steps: int | None = None  # None: whatever train.steps leaves after the other stages
+    # source -> tokens (> 1) or share of the stage's tokens (<= 1)
+    mixture: dict[str, float] = bounded(at_least=0)
+    steps: int | None = bounded(None, at_least=1)  # None: what train.steps leaves after the others
     decay: DecaySection | None = None
-    max_repeats: float = 4.0
+    max_repeats: float = bounded(4.0, above=0)
 
 
 @dataclass
 class TrainSection:
-    steps: int = 600
-    seed: int = 0
-    lr: float = 0.01
-    warmup_steps: int = 50
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-8
-    grad_clip: float = 1.0
-    batch_size: int = 16  # global batch in sequences
-    micro_batch_size: int = 16
-    batch_schedule: list[list[int]] | None = None  # [[from_step, sequences], ...]
-    precision: str = "bf16"  # bf16 autocast or fp32
+    steps: int = bounded(600, at_least=1)
+    seed: int = bounded(0, at_least=0, below=2**63)  # torch.manual_seed takes 64 bits
+    lr: float = bounded(0.01, above=0)
+    warmup_steps: int = bounded(50, at_least=0)
+    weight_decay: float = bounded(0.1, at_least=0)
+    beta1: float = bounded(0.9, at_least=0, below=1)
+    beta2: float = bounded(0.95, at_least=0, below=1)
+    eps: float = bounded(1e-8, above=0)  # 0 divides by zero where a gradient's second moment is 0
+    grad_clip: float = bounded(1.0, at_least=0)  # 0: no clipping
+    batch_size: int = bounded(16, at_least=1)  # global batch in sequences
+    micro_batch_size: int = bounded(16, at_least=1)
+    # [[from_step, sequences], ...]
+    batch_schedule: list[list[int]] | None = bounded(None, at_least=0)
+    precision: str = one_of("bf16", "fp32")  # bf16 autocast or fp32
     device: str = "auto"
     compile: bool = False
-    optimizer_impl: str = "fused"
-    log_every: int = 10
-    val_every: int = 100
-
-    def __post_init__(self) -> None:
-        if self.precision not in ("bf16", "fp32"):
-            raise ValueError(f"precision must be bf16 or fp32, got {self.precision!r}")
-        if self.optimizer_impl not in ("foreach", "fused", "for-loop"):
-            raise ValueError("optimizer_impl must be foreach, fused or for-loop")
-        for name in ("steps", "batch_size", "micro_batch_size", "log_every", "val_every"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive")
+    optimizer_impl: str = one_of("fused", "foreach", "for-loop")
+    log_every: int = bounded(10, at_least=1)
+    val_every: int = bounded(100, at_least=1)
 
 
 @dataclass
 class ParallelSection:
     """How ranks share the work under torchrun; a plain single process trains the model as is."""
 
-    strategy: str = "ddp"  # ddp (replicated weights) or fsdp (FSDP2: weights, grads, optimizer sharded)
+    # ddp (replicated weights) or fsdp (FSDP2: weights, grads, optimizer sharded)
+    strategy: str = one_of("ddp", "fsdp", "none")
     activation_checkpointing: bool = False  # recompute each block in backward (less memory)
-
-    def __post_init__(self) -> None:
-        if self.strategy not in ("none", "ddp", "fsdp"):
-            raise ValueError(f"strategy must be none, ddp or fsdp, got {self.strategy!r}")
 
 
 @dataclass
 class CheckpointSection:
-    every: int = 200
-    keep: int = 3  # newest checkpoints kept (0 keeps all)
+    every: int = bounded(200, at_least=1)
+    keep: int = bounded(3, at_least=0)  # newest checkpoints kept (0 keeps all)
 
 
 @dataclass
 class FinishSection:
     sample_prompt: str = "The history of"
-    sample_tokens: int = 48
-    sample_temperature: float = 0.0  # 0: greedy
-    sample_top_k: int | None = None
-    perplexity_sequences: int = 64
+    sample_tokens: int = bounded(48, at_least=0)
+    sample_temperature: float = bounded(0.0, at_least=0)  # 0: greedy
+    sample_top_k: int | None = bounded(None, at_least=1)
+    perplexity_sequences: int = bounded(64, at_least=1)
 
 
 @dataclass
@@ -183,7 +176,30 @@ def validate(run: RunConfig) -> None:
             if run.data.sources[source].held_out:
                 raise UserError(f"stages.{index}.mixture: {source!r} is held out (validation/test) "
                                 "and may not enter a training mixture")
+        _check_mixture(index, stage.mixture)
+    _check_batch_schedule(run.train.batch_schedule)
     run.stage_steps()
+
+
+def _check_mixture(index: int, mixture: dict[str, float]) -> None:
+    """Amounts <= 1 are shares of the stage's tokens: when every amount is one, they must add up to 1."""
+    if not any(amount > 0 for amount in mixture.values()):
+        raise UserError(f"stages.{index}.mixture: needs at least one source with a positive amount")
+    shares = [amount for amount in mixture.values() if amount <= 1]
+    if len(shares) == len(mixture) and abs(sum(shares) - 1.0) > 1e-6:
+        raise UserError(f"stages.{index}.mixture: shares add up to {sum(shares):.4f}, not 1")
+
+
+def _check_batch_schedule(schedule: list[list[int]] | None) -> None:
+    if not schedule:
+        return
+    for index, entry in enumerate(schedule):
+        if len(entry) != 2:
+            raise UserError(f"train.batch_schedule.{index}: must be [from_step, sequences], got {entry}")
+    try:
+        BatchSchedule(tuple((step, size) for step, size in schedule))
+    except ValueError as exc:
+        raise UserError(f"train.batch_schedule: {exc}") from None
 
 
 def load_run_config(path: str | Path | None, overrides: list[str],
@@ -197,12 +213,24 @@ def load_run_config(path: str | Path | None, overrides: list[str],
         data = deep_merge(data, extra)
         lines = {k: v for k, v in lines.items() if k not in _dotted_keys(extra)}
     data = apply_overrides(data, overrides)
-    for key in overridden_keys(overrides):  # errors in overridden values are not the file's
-        lines.pop(key, None)
     data.setdefault("base_dir", str(_base_dir_for(path)))
-    run = load_sections(RunConfig, data, lines=lines, source=str(path))
-    validate(run)
+    blame = override_texts(overrides)  # errors in overridden values are the override's, not the file's
+    run = load_sections(RunConfig, data, lines=lines, source=str(path), overrides=blame)
+    try:
+        validate(run)
+    except UserError as exc:
+        raise _blamed(exc, blame) from None
     return run
+
+
+def _blamed(error: UserError, overrides: dict[str, str]) -> UserError:
+    """`error` (whose message starts with the dotted key it is about) prefixed by the override
+    that set that key, if one did."""
+    key = str(error).split(":", 1)[0].split(" ", 1)[0].split("=", 1)[0]
+    matches = [k for k in overrides if key == k or key.startswith(k + ".") or k.startswith(key + ".")]
+    if not matches:
+        return error
+    return UserError(f"{' '.join(overrides[k] for k in sorted(matches))}: {error}")
 
 
 def deep_merge(base: dict, extra: dict) -> dict:
