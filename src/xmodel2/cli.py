@@ -2,13 +2,16 @@
 
 Each subcommand lives in `xmodel2.commands.<module>` and exposes `HELP`, `add_arguments(parser)`
 and `run(args) -> int`; heavy imports happen inside `run` so `xmodel2 --help` stays instant.
-Any `UserError` becomes one line, `xmodel2: error: ...`, and exit status 2.
+Any `UserError`, bad usage, or `OSError` on a path the user named becomes one line,
+`xmodel2: error: ...`, and exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
+import os
 import sys
 
 from xmodel2 import __version__
@@ -31,8 +34,17 @@ COMMANDS = {
 }
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, except that bad usage is one line like every other error (not usage + error);
+    `--help` still shows the usage. Subcommand parsers inherit the class."""
+
+    def error(self, message: str):
+        command = self.prog.removeprefix("xmodel2").strip()  # "generate", "tokenizer train", ...
+        self.exit(2, f"xmodel2: error: {command + ': ' if command else ''}{message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="xmodel2", description="Build Xmodel-2-style μP language models end to end.")
     parser.add_argument("--version", action="version", version=f"xmodel2 {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -65,9 +77,33 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"xmodel2: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        message = os_error_line(exc)
+        if message is None:
+            raise
+        print(f"xmodel2: error: {message}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("xmodel2: interrupted", file=sys.stderr)
         return 130
+
+
+# Failures of the machine or of a path, not bugs: the user can act on them from one line.
+USER_FIXABLE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOENT,
+                       errno.EEXIST, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG, errno.ENOTEMPTY,
+                       errno.EFBIG, errno.EMFILE, errno.ENFILE, errno.EIO, errno.ELOOP, errno.EXDEV}
+
+
+def os_error_line(exc: OSError) -> str | None:
+    """`PATH: reason` for an OSError on a path (or the reason alone for a full disk, whose
+    write calls carry no file name); None for anything else, which stays a traceback."""
+    reason = exc.strerror or str(exc)
+    if exc.filename is not None:
+        target = f" -> {os.fsdecode(exc.filename2)}" if exc.filename2 is not None else ""
+        return f"{os.fsdecode(exc.filename)}{target}: {reason}"
+    if exc.errno in USER_FIXABLE_ERRNOS:
+        return f"{reason} (errno {errno.errorcode.get(exc.errno, exc.errno)})"
+    return None
 
 
 def entry() -> None:
