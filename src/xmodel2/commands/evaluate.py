@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 HELP = ("Evaluate a model folder: benchmarks scored as lm-evaluation-harness does, perplexity, "
-        "calibration, the post-training scaling law, HumanEval")
+        "calibration, the post-training scaling law, HumanEval (also on completions made elsewhere)")
 
 EPILOG = """task names:
   arc_easy arc_challenge boolq hellaswag openbookqa piqa sciq winogrande mmlu gsm8k math500
@@ -13,12 +13,18 @@ EPILOG = """task names:
       sample, NAME:test the test split), or a path to a local .jsonl task file;
   wikitext, ppl:PATH, calibration, scaling_law, humaneval;
   hotpotqa_react, fever_react (ReAct agents over offline Wikipedia; need --react-data DIR with ReAct's
-      prompts_naive.json, fever.json, hotpot_dev_v1_simplified.json, paper_dev.jsonl)"""
+      prompts_naive.json, fever.json, hotpot_dev_v1_simplified.json, paper_dev.jsonl)
+
+humaneval runs generated code in Linux namespaces (read-only root, one small tmpfs, no network,
+uid 65534, resource limits); where they cannot be set up it refuses unless --allow-unsandboxed-code.
+Without a model folder, --tasks humaneval --completions FILE.jsonl scores {"task_id", "completion"}
+lines written elsewhere."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = EPILOG
-    parser.add_argument("model", help="model folder")
+    parser.add_argument("model", nargs="?", default=None,
+                        help="model folder (omitted with --completions)")
     parser.add_argument("--tasks", required=True, help="comma-separated task names or .jsonl paths")
     parser.add_argument("--limit", type=int, default=None,
                         help="first N documents of each task (ReAct tasks: a seeded sample of N, default 500)")
@@ -42,21 +48,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--traces", default=None,
                         help="folder for ReAct trajectories, TASK.traces.jsonl (default: beside --output)")
     parser.add_argument("--scaling-length", type=int, default=64, help="token positions for the scaling-law fit")
+    parser.add_argument("--completions", default=None, metavar="FILE.jsonl",
+                        help="score these HumanEval completions ({task_id, completion} per line) instead of a model's")
+    parser.add_argument("--allow-unsandboxed-code", action="store_true",
+                        help="run generated code even where it cannot be isolated (no protection at all)")
 
 
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    import torch
-
     from xmodel2.errors import UserError
+    from xmodel2.eval.humaneval import isolation_for
     from xmodel2.eval.registry import check_spec
-    from xmodel2.eval.report import as_json, table
     from xmodel2.eval.runner import REACT, SPECIAL, Outcome, Settings, run_task
-    from xmodel2.eval.scoring import Scorer
-    from xmodel2.fileio import atomic_write_json
-    from xmodel2.model.folder import load_model_folder
-    from xmodel2.tokenizer import load_tokenizer
 
     specs = [s.strip() for s in args.tasks.split(",") if s.strip()]
     if not specs:
@@ -66,6 +70,11 @@ def run(args: argparse.Namespace) -> int:
                         ("--react-max-steps", args.react_max_steps)):
         if value is not None and value < 1:
             raise UserError(f"{name} must be at least 1 (got {value})")
+    if args.completions is not None:
+        return _score_completions(args, specs)
+    if args.model is None:
+        raise UserError("eval: give a model folder (or --tasks humaneval --completions FILE.jsonl to score "
+                        "completions made elsewhere)")
     for spec in specs:
         if spec not in SPECIAL and not spec.startswith("ppl:"):
             check_spec(spec)
@@ -74,13 +83,11 @@ def run(args: argparse.Namespace) -> int:
         _check_react(args, react)
     if args.shots is not None and args.shots < 0:
         raise UserError(f"--shots must be 0 or more (got {args.shots})")
+    isolation = isolation_for(args.allow_unsandboxed_code) if "humaneval" in specs else None
     plots = Path(args.plots) if args.plots else Path(args.output).parent if args.output else None
-    dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
-    model = load_model_folder(args.model, device=args.device, dtype=dtype)
-    tokenizer = load_tokenizer(args.model)
-    add_bos = None if args.add_bos == "auto" else args.add_bos == "yes"
-    scorer = Scorer(model, tokenizer, args.batch_size, add_bos)
-    settings = Settings(args.limit, args.shots, args.stride, args.window, args.scaling_length, plots)
+    scorer = _scorer(args)
+    settings = Settings(args.limit, args.shots, args.stride, args.window, args.scaling_length, plots,
+                        isolation=isolation)
     if react:
         settings.react_data = Path(args.react_data)
         settings.react_store = Path(args.react_store) if args.react_store else None
@@ -92,12 +99,55 @@ def run(args: argparse.Namespace) -> int:
     outcome = Outcome()
     for spec in specs:
         run_task(scorer, spec, settings, outcome)
-    print(table(outcome.metrics))
-    if args.output:
-        record = {"model": str(args.model), "tasks": specs, "limit": args.limit, "shots": args.shots,
-                  "batch_size": args.batch_size, "dtype": args.dtype, "add_bos": scorer.add_bos}
-        atomic_write_json(args.output, as_json(outcome.metrics, outcome.details, record))
+    record = {"model": str(args.model), "tasks": specs, "limit": args.limit, "shots": args.shots,
+              "batch_size": args.batch_size, "dtype": args.dtype, "add_bos": scorer.add_bos}
+    _finish(args, outcome, record)
     return 0
+
+
+def _scorer(args: argparse.Namespace):
+    import torch
+
+    from xmodel2.eval.scoring import Scorer
+    from xmodel2.model.folder import load_model_folder
+    from xmodel2.tokenizer import load_tokenizer
+
+    dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
+    model = load_model_folder(args.model, device=args.device, dtype=dtype)
+    tokenizer = load_tokenizer(args.model)
+    add_bos = None if args.add_bos == "auto" else args.add_bos == "yes"
+    return Scorer(model, tokenizer, args.batch_size, add_bos)
+
+
+def _score_completions(args: argparse.Namespace, specs: list[str]) -> int:
+    """HumanEval on a JSONL file of completions: no model, so the model argument must be absent."""
+    from pathlib import Path
+
+    from xmodel2.errors import UserError
+    from xmodel2.eval.humaneval import isolation_for
+    from xmodel2.eval.runner import Outcome, Settings, score_completions
+
+    if specs != ["humaneval"]:
+        raise UserError(f"--completions scores HumanEval only: give --tasks humaneval (got --tasks {args.tasks})")
+    if args.model is not None:
+        raise UserError(f"--completions takes no model folder (got {args.model}): the completions are already made")
+    settings = Settings(args.limit, isolation=isolation_for(args.allow_unsandboxed_code))
+    outcome = Outcome()
+    score_completions(Path(args.completions), settings, outcome)
+    _finish(args, outcome, {"model": None, "completions": str(args.completions), "tasks": specs, "limit": args.limit})
+    return 0
+
+
+def _finish(args: argparse.Namespace, outcome, record: dict) -> None:
+    """Print the table (and the isolation generated code ran under); write the JSON report."""
+    from xmodel2.eval.report import as_json, table
+    from xmodel2.fileio import atomic_write_json
+
+    print(table(outcome.metrics))
+    if "humaneval" in outcome.details:
+        print(f"humaneval: generated code ran under isolation: {outcome.details['humaneval']['isolation']}")
+    if args.output:
+        atomic_write_json(args.output, as_json(outcome.metrics, outcome.details, record))
 
 
 def _check_react(args: argparse.Namespace, tasks: list[str]) -> None:

@@ -5,7 +5,7 @@ Task names besides benchmarks (see `registry`):
   ppl:PATH        perplexity on a text file or a JSONL(.gz) file of {"text": ...}
   calibration     MMLU answer-letter calibration: ECE (10 and 15 bins), Brier, reliability PNG
   scaling_law     loss by token position on wiki-test, fit of L(t) = b + (t/c)^a, log-log PNG
-  humaneval       pass@1 with sandboxed execution
+  humaneval       pass@1, generated code run in an OS sandbox (`sandbox`); also on a file of completions
   hotpotqa_react  ReAct agent on HotpotQA over offline Wikipedia: EM, F1 (needs ReAct's files, --react-data)
   fever_react     ReAct agent on FEVER over offline Wikipedia: accuracy
 """
@@ -38,6 +38,7 @@ class Settings:
     react_max_steps: int = 7
     traces: Path | None = None  # folder for agent trajectories: {traces_stem}{task}.traces.jsonl
     traces_stem: str = ""
+    isolation: str | None = None  # humaneval: what generated code runs under, settled before the model loads
 
 
 @dataclass
@@ -57,14 +58,29 @@ def run_task(scorer: Scorer, spec: str, settings: Settings, outcome: Outcome) ->
     elif spec == "humaneval":
         from xmodel2.eval import humaneval
 
-        metric, records = humaneval.evaluate(scorer.model, scorer.tokenizer, settings.limit, scorer.batch_size)
-        outcome.metrics.append(metric)
-        outcome.details.setdefault(spec, {})["completions"] = records
+        metric, records = humaneval.evaluate(scorer.model, scorer.tokenizer, settings.isolation, settings.limit,
+                                             scorer.batch_size)
+        _humaneval_outcome(metric, records, settings, outcome)
     elif spec in REACT:
         _react(scorer, spec, settings, outcome)
     else:
         _benchmark(scorer, spec, settings, outcome)
     outcome.details.setdefault(spec, {})["seconds"] = round(time.perf_counter() - started, 3)
+
+
+def score_completions(path: Path, settings: Settings, outcome: Outcome) -> None:
+    """HumanEval on completions made elsewhere (`xmodel2 eval --tasks humaneval --completions FILE`)."""
+    from xmodel2.eval import humaneval
+
+    started = time.perf_counter()
+    metric, records = humaneval.score_completions(path, settings.isolation, settings.limit)
+    _humaneval_outcome(metric, records, settings, outcome)
+    outcome.details["humaneval"]["seconds"] = round(time.perf_counter() - started, 3)
+
+
+def _humaneval_outcome(metric: Metric, records: list[dict], settings: Settings, outcome: Outcome) -> None:
+    outcome.metrics.append(metric)
+    outcome.details.setdefault("humaneval", {}).update(isolation=settings.isolation, completions=records)
 
 
 def _benchmark(scorer: Scorer, spec: str, settings: Settings, outcome: Outcome) -> None:
