@@ -123,8 +123,9 @@ def test_minicpm_folder_imports_with_its_multipliers(tmp_path):
         assert torch.equal(imported(IDS), reference.eval()(IDS))
 
 
-def test_xmodel25_folder_applies_the_output_scale(tmp_path):
-    base = build_model(config(mup={"dim_model_base": 32, "scale_emb": 4.0, "scale_depth": 2.0}), seed=4).eval()
+def test_xmodel25_folder_applies_the_output_scale_and_inv_head_dim_attention(tmp_path):
+    base = build_model(config(mup={"dim_model_base": 32, "scale_emb": 4.0, "scale_depth": 2.0},
+                              attention_scale="inv_head_dim"), seed=4).eval()
     write_hf_style(tmp_path / "x25", {
         "architectures": ["XmodelForCausalLM"], "model_type": "xmodel", "vocab_size": 300,
         "hidden_size": 64, "intermediate_size": 160, "num_hidden_layers": 3,
@@ -134,6 +135,7 @@ def test_xmodel25_folder_applies_the_output_scale(tmp_path):
         base.state_dict())
     assert main(["import", str(tmp_path / "x25"), "--out", str(tmp_path / "ours")]) == 0
     imported = load_model_folder(tmp_path / "ours")
+    assert imported.config.attention_scale == "inv_head_dim"
     with torch.no_grad():
         torch.testing.assert_close(imported(IDS), 3.0 * base(IDS), rtol=1e-6, atol=1e-6)
 

@@ -3,9 +3,11 @@
 Each forward multiplier of μP is a scalar on a linear path, so it moves into a weight:
 
 * embedding × scale_emb            -> `embed_tokens` × scale_emb;
-* residual branch × scale_depth/√L -> `o_proj` and `down_proj` × that (they end each branch);
+* residual branches × scale/√L     -> `o_proj` × the attention branch's, `down_proj` × the MLP
+                                     branch's (they end each branch);
 * logits = W (h / m) × output_scale -> `lm_head` = W × output_scale / m;
-* attention scale 1/head_dim        -> `q_proj` × 1/√head_dim (Llama applies the other 1/√head_dim).
+* attention scale s (1/head_dim for Xmodel-2.5 with μP) -> `q_proj` × s·√head_dim (Llama applies
+  1/√head_dim itself).
 
 Tied embeddings stay tied only when the embedding and LM-head factors agree; otherwise the head
 is written out (untied). A multiplier of exactly 1 leaves its tensor untouched, so a plain Llama
@@ -33,21 +35,29 @@ def fold_mup(config: ModelConfig, tensors: dict[str, torch.Tensor]) -> tuple[dic
     embedding = tensors["model.embed_tokens.weight"]
     head = tensors.get("lm_head.weight", embedding)
     out["model.embed_tokens.weight"] = _scaled(embedding, config.embedding_multiplier)
-    query_factor = 1.0
-    if config.attention_scale == "inv_head_dim":
-        query_factor = math.sqrt(config.head_dim) / config.head_dim
+    branch_factors = {"self_attn.o_proj.weight": config.residual_multiplier,
+                      "mlp.down_proj.weight": config.mlp_residual_multiplier,
+                      "self_attn.q_proj.weight": query_factor(config)}
     for i in range(config.num_layers):
-        prefix = f"model.layers.{i}."
-        for name in ("self_attn.o_proj.weight", "mlp.down_proj.weight"):
-            out[prefix + name] = _scaled(tensors[prefix + name], config.residual_multiplier)
-        out[prefix + "self_attn.q_proj.weight"] = _scaled(tensors[prefix + "self_attn.q_proj.weight"],
-                                                          query_factor)
+        for name, factor in branch_factors.items():
+            key = f"model.layers.{i}.{name}"
+            out[key] = _scaled(tensors[key], factor)
     tied = config.tie_embeddings and config.embedding_multiplier == config.logit_multiplier
     if tied:
         out.pop("lm_head.weight", None)
     else:
         out["lm_head.weight"] = _scaled(head, config.logit_multiplier)
     return out, tied
+
+
+def query_factor(config: ModelConfig) -> float:
+    """What q_proj is multiplied by so that Llama's fixed 1/sqrt(head_dim) gives the model's scale.
+
+    Exactly 1 for the Llama scale (no rounding through sqrt), so such tensors stay bit-exact.
+    """
+    if config.attention_scale == "inv_sqrt_head_dim":
+        return 1.0
+    return config.attention_softmax_scale * math.sqrt(config.head_dim)
 
 
 def llama_config(config: ModelConfig, tied: bool) -> dict:

@@ -4,7 +4,8 @@ A pre-RMSNorm Llama decoder (GQA attention with RoPE, SwiGLU MLP, no biases, tie
 with μP's three forward multipliers, each applied exactly once:
 
   1. the embedding output is multiplied by `scale_emb`;
-  2. each residual branch (attention and MLP separately) by `scale_depth / sqrt(num_layers)`;
+  2. each residual branch (attention and MLP separately) by `scale_depth / sqrt(num_layers)`
+     (Xmodel-2.5 gives the MLP branch its own scale, `mup.mlp_scale_depth`);
   5. the final hidden state is divided by m = hidden / dim_model_base before the LM head.
 
 (Operations 3 and 4, init and per-group learning rates, live in `mup.py`.) With μP off every
@@ -140,14 +141,26 @@ class DecoderLayer(nn.Module):
         self.self_attn = Attention(config, layer_index)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = MLP(config)
-        self.residual_multiplier = config.residual_multiplier  # μP operation 2
+        # μP operation 2, one multiplier per branch (equal unless mup.mlp_scale_depth is set)
+        self.attention_residual_multiplier = config.residual_multiplier
+        self.mlp_residual_multiplier = config.mlp_residual_multiplier
+
+    @property
+    def residual_multiplier(self) -> float:
+        """The attention branch's multiplier; setting it sets both branches' (the windtunnel's
+        no-depth-scaling arm turns residual scaling off this way)."""
+        return self.attention_residual_multiplier
+
+    @residual_multiplier.setter
+    def residual_multiplier(self, value: float) -> None:
+        self.attention_residual_multiplier = self.mlp_residual_multiplier = value
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 mask: torch.Tensor | None, cache: KVCache | None) -> torch.Tensor:
         attn = self.self_attn(self.input_layernorm(x), cos, sin, mask, cache)
-        x = x + _scaled(attn, self.residual_multiplier)
+        x = x + _scaled(attn, self.attention_residual_multiplier)
         mlp = self.mlp(self.post_attention_layernorm(x))
-        return x + _scaled(mlp, self.residual_multiplier)
+        return x + _scaled(mlp, self.mlp_residual_multiplier)
 
 
 class DecoderBody(nn.Module):
