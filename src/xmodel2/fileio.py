@@ -219,6 +219,7 @@ def iter_jsonl_objects(path: str | os.PathLike, what: str = "JSONL file") -> Ite
     """(line number, object) for every non-blank line of a JSONL(.gz) file; a line that is not a
     JSON object is a one-line error naming FILE:LINE."""
     import gzip
+    import zlib
 
     from xmodel2.errors import UserError
 
@@ -226,17 +227,25 @@ def iter_jsonl_objects(path: str | os.PathLike, what: str = "JSONL file") -> Ite
     if not path.is_file():
         raise UserError(f"{path}: {what} not found")
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{path}:{number}: invalid JSON: {exc.msg}") from None
-            if not isinstance(row, dict):
-                raise UserError(f"{path}:{number}: expected a JSON object")
-            yield number, row
+    number = 0
+    try:
+        with opener(path, "rb") as handle:
+            for number, raw in enumerate(handle, 1):
+                line = raw.decode("utf-8")
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise UserError(f"{path}:{number}: invalid JSON: {exc.msg}") from None
+                if not isinstance(row, dict):
+                    raise UserError(f"{path}:{number}: expected a JSON object")
+                yield number, row
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}:{number}: not UTF-8 text ({exc.reason} at byte {exc.start} of the line)") from None
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        # A cut download: the lines before it were read, the rest is missing.
+        raise UserError(f"{path}: damaged or truncated gzip file after line {number} ({exc})") from None
 
 
 def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> Path:

@@ -8,7 +8,9 @@ HELP = "Continue a prompt with a model folder (KV-cache decoding, greedy or samp
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate (default 64)")
+    parser.add_argument("--max-new-tokens", type=int, default=64,
+                        help="tokens to generate (default 64); the prompt plus these must fit the model's "
+                             "context (max_position_embeddings in config.json), else it is an error")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 means greedy (default)")
     parser.add_argument("--top-k", type=int, default=None, help="sample only from the k most likely tokens")
     parser.add_argument("--top-p", type=float, default=None, help="sample only from the top-p nucleus")
@@ -36,23 +38,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load(args: argparse.Namespace):
     """The model and tokenizer of `args.model`, after checking the sampling arguments."""
+    import math
+
     import torch
 
     from xmodel2.errors import UserError
     from xmodel2.model.folder import load_model_folder
     from xmodel2.model.quantize import convert_weights
     from xmodel2.tokenizer import load_tokenizer
+    from xmodel2.train.hardware import pick_device
 
     if args.max_new_tokens < 0:
         raise UserError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
-    if args.temperature < 0:
-        raise UserError(f"--temperature must be >= 0, got {args.temperature}")
+    if not (math.isfinite(args.temperature) and args.temperature >= 0):
+        raise UserError(f"--temperature must be a finite number >= 0, got {args.temperature}")
     if args.top_k is not None and args.top_k <= 0:
         raise UserError(f"--top-k must be positive, got {args.top_k}")
     if args.top_p is not None and not 0 < args.top_p <= 1:
         raise UserError(f"--top-p must be in (0, 1], got {args.top_p}")
-    model = load_model_folder(args.model, device=args.device,
+    if args.seed < 0:
+        raise UserError(f"--seed must be >= 0, got {args.seed}")
+    device = pick_device(args.device, what="--device")
+    model = load_model_folder(args.model, device=device,
                               dtype=torch.bfloat16 if args.dtype == "bf16" else torch.float32)
+    context = model.config.max_position_embeddings
+    if args.max_new_tokens >= context:
+        raise UserError(f"--max-new-tokens {args.max_new_tokens}: the model's context is {context} "
+                        "tokens (max_position_embeddings), prompt included")
     model = convert_weights(model, args.dtype)
     tokenizer = load_tokenizer(args.model)
     if tokenizer.vocab_size > model.config.vocab_size:
@@ -61,10 +73,27 @@ def load(args: argparse.Namespace):
     return model, tokenizer
 
 
-def run(args: argparse.Namespace) -> int:
-    from xmodel2.model.generate import generate
+def check_fits_context(model, prompt_tokens: int, max_new_tokens: int, what: str) -> None:
+    """Positions past the context were never trained (RoPE extrapolates into noise): refuse."""
+    from xmodel2.errors import UserError
 
+    context = model.config.max_position_embeddings
+    if prompt_tokens + max_new_tokens > context:
+        raise UserError(f"{what}: {prompt_tokens} prompt tokens + --max-new-tokens {max_new_tokens} "
+                        f"exceed the model's context of {context} tokens (max_position_embeddings)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from xmodel2.model.generate import default_add_bos, generate
+    from xmodel2.tokenizer import require_utf8
+
+    require_utf8(args.prompt, "--prompt")
+    for stop in args.stop or []:
+        require_utf8(stop, "--stop")
     model, tokenizer = load(args)
+    add_bos = default_add_bos(tokenizer) if args.add_bos is None else args.add_bos
+    check_fits_context(model, len(tokenizer.encode(args.prompt, add_bos=add_bos)), args.max_new_tokens,
+                       "--prompt")
     text = generate(model, tokenizer, [args.prompt], args.max_new_tokens, temperature=args.temperature,
                     top_k=args.top_k, top_p=args.top_p, stop=args.stop, seed=args.seed,
                     add_bos=args.add_bos, compile=args.compile)[0]

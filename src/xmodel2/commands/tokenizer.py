@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from xmodel2.tokenizer.train import MAX_VOCAB_SIZE, MIN_VOCAB_SIZE
+
 HELP = "train a Unigram tokenizer (Xmodel-2 settings), or encode/decode text with one"
 
 SAMPLE_TEXT = "Xmodel-2 splits 2024 into digits; <|im_start|>user\nhi<|im_end|>"
@@ -16,9 +18,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--input", nargs="+", required=True, metavar="PATH",
                        help="text or JSONL files, or folders of them (.gz allowed)")
     train.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    train.add_argument("--vocab-size", type=int, required=True, metavar="N")
+    train.add_argument("--vocab-size", type=vocab_size, required=True, metavar="N",
+                       help=f"pieces, {MIN_VOCAB_SIZE:,} to {MAX_VOCAB_SIZE:,}")
     train.add_argument("--jsonl-field", default="text", help="JSONL field holding the text (default: text)")
-    train.add_argument("--max-sentences", type=int, default=2_000_000, metavar="N",
+    train.add_argument("--max-sentences", type=non_negative, default=2_000_000, metavar="N",
                        help="train on a seeded sample of at most N lines; 0 = all (default: 2,000,000)")
     train.add_argument("--seed", type=int, default=0)
 
@@ -26,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     encode.add_argument("--tokenizer", required=True, metavar="PATH")
     encode.add_argument("--bos", action="store_true", help="prepend BOS")
     encode.add_argument("--eos", action="store_true", help="append EOS")
-    encode.add_argument("text", metavar="TEXT")
+    encode.add_argument("text", metavar="TEXT", help="UTF-8 text; - reads it from stdin")
 
     decode = sub.add_parser("decode", help="print the text of token IDs")
     decode.add_argument("--tokenizer", required=True, metavar="PATH")
@@ -40,10 +43,36 @@ def run(args: argparse.Namespace) -> int:
         return _train(args)
     tokenizer = load_tokenizer(args.tokenizer)
     if args.action == "encode":
-        print(" ".join(map(str, tokenizer.encode(args.text, add_bos=args.bos, add_eos=args.eos))))
+        text = _text_to_encode(args.text)
+        print(" ".join(map(str, tokenizer.encode(text, add_bos=args.bos, add_eos=args.eos))))
     else:
         print(tokenizer.decode(args.ids))
     return 0
+
+
+def _text_to_encode(text: str) -> str:
+    import sys
+
+    from xmodel2.tokenizer import decode_utf8, require_utf8
+
+    if text == "-":
+        return decode_utf8(sys.stdin.buffer.read(), "stdin")
+    return require_utf8(text, "TEXT")
+
+
+def vocab_size(text: str) -> int:
+    """--vocab-size, checked before any input is read (argparse reports the bad value)."""
+    value = int(text)
+    if not MIN_VOCAB_SIZE <= value <= MAX_VOCAB_SIZE:
+        raise argparse.ArgumentTypeError(f"{value:,} is outside {MIN_VOCAB_SIZE:,}..{MAX_VOCAB_SIZE:,}")
+    return value
+
+
+def non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
 
 
 def _train(args: argparse.Namespace) -> int:

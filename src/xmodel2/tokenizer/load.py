@@ -114,6 +114,29 @@ class Tokenizer:
             raise UserError(f"token id {i} is out of range for {self.path} (vocabulary of {self.vocab_size})")
 
 
+def require_utf8(text: str, what: str) -> str:
+    """`text` if it is valid Unicode; else a one-line error naming `what` (e.g. `--prompt`).
+
+    Python turns undecodable bytes of a command-line argument into lone surrogates, which
+    every tokenizer backend chokes on deep inside; here they are named where they came from.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = text[exc.start]
+        byte = f"byte 0x{ord(bad) - 0xDC00:02x}" if 0xDC80 <= ord(bad) <= 0xDCFF else f"{bad!r}"
+        raise UserError(f"{what}: not UTF-8 text ({byte} at character {exc.start})") from None
+    return text
+
+
+def decode_utf8(data: bytes, what: str) -> str:
+    """`data` decoded as UTF-8, or a one-line error naming `what` and the bad byte."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{what}: not UTF-8 text (byte 0x{data[exc.start]:02x} at byte {exc.start})") from None
+
+
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     """A `.model` file, a `tokenizer.json` file, or a folder holding either (tokenizer.model first)."""
     path = Path(path)

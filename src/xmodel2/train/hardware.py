@@ -11,11 +11,29 @@ import time
 
 import torch
 
+from xmodel2.errors import UserError
 
-def pick_device(name: str = "auto") -> torch.device:
+
+def pick_device(name: str = "auto", what: str = "train.device") -> torch.device:
+    """The torch device `name` names ("auto": CUDA when there is one, else the CPU), checked to
+    exist on this machine; `what` (the key or option it came from) prefixes any error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise UserError(f"{what}={name}: not a device (cpu, cuda, cuda:N, mps or auto)") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UserError(f"{what}={name}: this machine has no CUDA device")
+        if device.index is not None and device.index >= count:
+            raise UserError(f"{what}={name}: this machine has {count} CUDA device(s)")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"{what}={name}: MPS is not available on this machine")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"{what}={name}: unsupported device type {device.type!r} (cpu, cuda or mps)")
+    return device
 
 
 def measure_matmul_flops(dtype: torch.dtype, device: torch.device | str = "cpu", size: int = 1024,
