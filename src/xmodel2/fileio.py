@@ -158,9 +158,14 @@ def folder_kind(path: str | os.PathLike) -> str | None:
     return kind if kind in FOLDER_KINDS else _legacy_kind(names)
 
 
+RUN_SUBFOLDERS = {"tokenizer", "data", "checkpoints"}  # each entry of them is kind-checked when written
+
+
 def _legacy_run(names: set[str]) -> bool:
-    # Run folders were not marked before kinds existed; their layout identifies them.
-    return "run_config.json" in names and "checkpoints" in names
+    """Run folders were not marked before kinds existed: a run's config beside its checkpoints
+    identifies one, and so does a folder holding nothing but a run's subfolders (prepared ahead
+    of the run), where a run overwrites nothing that is not its own."""
+    return ("run_config.json" in names and "checkpoints" in names) or names <= RUN_SUBFOLDERS
 
 
 def _legacy_kind(names: set[str]) -> str:
@@ -189,11 +194,12 @@ def check_replaceable(path: str | os.PathLike, kind: str, command: str | None = 
 
     one, several = FOLDER_KINDS[kind]
     writer = f"{command} writes {one}" if command else f"this writes {one}"
-    raise UserError(f"{path}: {_describe(found)}; {writer} and replaces only {several} "
+    raise UserError(f"{path}: {describe_kind(found)}; {writer} and replaces only {several} "
                     "(choose another output folder or remove it)")
 
 
-def _describe(found: str) -> str:
+def describe_kind(found: str) -> str:
+    """What a folder_kind() result means, as the middle of a message about the path."""
     if found in FOLDER_KINDS:
         return f"holds {FOLDER_KINDS[found][0]}"
     return {NOT_A_FOLDER: "is a file, not a folder",

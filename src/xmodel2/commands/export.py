@@ -16,8 +16,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from xmodel2.fileio import check_replaceable
+    from xmodel2.folders import check_outputs_apart
     from xmodel2.interop.llama import export_model
 
+    check_outputs_apart([args.out], [args.src])
+    check_replaceable(args.out, "model", "export")
     export_model(args.src, args.out, args.format)
     print(f"exported {args.src} -> {args.out} ({args.format})")
     return 0

@@ -14,8 +14,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from xmodel2.fileio import check_replaceable
+    from xmodel2.folders import check_outputs_apart
     from xmodel2.interop.hf import import_model
 
+    check_outputs_apart([args.out], [args.src])
+    check_replaceable(args.out, "model", "import")
     checkpoint = import_model(args.src, args.out)
     config = checkpoint.config
     mup = "on" if config.mup.enabled else "off"

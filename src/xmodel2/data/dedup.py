@@ -32,6 +32,7 @@ import numpy as np
 
 from xmodel2.data.readers import raw_lines, input_files, is_jsonl
 from xmodel2.errors import UserError
+from xmodel2.folders import check_outputs_apart
 
 BITS = 64
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -206,8 +207,13 @@ def deduplicate(inputs: list[str], output: str | Path, threshold: int = 3, field
     if len(kinds) > 1:
         raise UserError("inputs mix JSONL and text files; deduplicate them separately")
     output = Path(output)
-    if output.resolve() in {p.resolve() for p in paths}:
-        raise UserError(f"{output}: the output would overwrite an input")
+    # The removal report is an output too: `dedup X.removed.jsonl --out X.jsonl` must not
+    # overwrite its input with the report, nor may an output land inside an input folder.
+    check_outputs_apart([output], [*inputs, *paths])
+    check_outputs_apart([report_path(output)], [*inputs, *paths], role=f"the removal report of --out {output}")
+    for path in (output, report_path(output)):
+        if path.is_dir():
+            raise UserError(f"{path}: is a folder; dedup writes a file there")
     if shingle < 1:
         raise UserError(f"shingle size must be positive, got {shingle}")
     result = DedupResult(output=output, report=report_path(output))

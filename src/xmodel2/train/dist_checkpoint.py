@@ -21,7 +21,9 @@ from __future__ import annotations
 import pickle
 import shutil
 import warnings
+import zipfile
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
@@ -31,8 +33,8 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
                                                      get_optimizer_state_dict, set_optimizer_state_dict)
 
 from xmodel2.errors import UserError
-from xmodel2.fileio import atomic_write_json, fsync_tree, publish_directory, write_mark
-from xmodel2.model.folder import save_model_folder
+from xmodel2.fileio import atomic_write_json, fsync_tree, publish_directory, read_json, write_mark
+from xmodel2.model.folder import WEIGHTS_NAME, save_model_folder
 from xmodel2.model.transformer import Transformer
 from xmodel2.train import distributed
 from xmodel2.train.checkpoint import (STATE_FILE, TrainingState, checkpoint_dir, list_checkpoints,
@@ -123,10 +125,101 @@ def restore_optimizer(path: str | Path, model: Transformer, optimizer: torch.opt
 
 
 def _torch_load(file: Path):
+    if file.stat().st_size == 0:  # what a power loss before the data reached the disk leaves
+        raise UserError(f"{file}: empty file")
     try:
         return torch.load(file, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, EOFError) as exc:
-        raise UserError(f"{file}: unreadable ({str(exc).splitlines()[0]})") from None
+    except (RuntimeError, pickle.UnpicklingError, EOFError, OSError, ValueError) as exc:
+        raise UserError(f"{file}: unreadable ({_first_line(exc)})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    # An empty file raises EOFError with no message at all.
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+# ---- choosing the checkpoint to resume from ------------------------------------------------------
+
+def newest_resumable_checkpoint(out_dir: str | Path, report: Callable[[str], None]) -> Path | None:
+    """The newest checkpoint of a run folder that passes `resume_problem`, reporting each newer
+    one skipped (say a power loss emptied its files) in one line; None when there is none at
+    all, an error when there are some and none of them loads."""
+    skipped: list[tuple[Path, str]] = []
+    for path in reversed(list_checkpoints(out_dir)):
+        problem = resume_problem(path)
+        if problem is None:
+            for bad, why in skipped:
+                report(f"xmodel2: skipping checkpoint {bad}: {why}; resuming from {path.name}")
+            return path
+        skipped.append((path, problem))
+    if skipped:
+        newest, why = skipped[0]
+        raise UserError(f"{newest}: cannot resume from it ({why}) and no earlier checkpoint loads")
+    return None
+
+
+def resume_problem(path: Path) -> str | None:
+    """Why a checkpoint cannot be resumed from, or None. Cheap: it reads headers, the trainer
+    state and the optimizer's file index, and checks that every file is as long as they say."""
+    return _weights_problem(path) or _state_problem(path) or _optimizer_problem(path)
+
+
+def _weights_problem(path: Path) -> str | None:
+    from safetensors import SafetensorError, safe_open
+
+    weights = path / WEIGHTS_NAME
+    if not weights.is_file():
+        return f"{WEIGHTS_NAME} is missing"
+    try:
+        with safe_open(str(weights), "pt"):  # checks the header and that the data covers it
+            pass
+    except (SafetensorError, OSError, ValueError) as exc:
+        return f"{WEIGHTS_NAME} is unreadable ({_first_line(exc)})"
+    return None
+
+
+def _state_problem(path: Path) -> str | None:
+    try:
+        meta = read_json(path / STATE_FILE, "trainer state")
+        int(meta["step"]), int(meta["tokens"])
+    except UserError as exc:
+        return str(exc).removeprefix(f"{path / STATE_FILE}: ")
+    except (KeyError, TypeError, ValueError):
+        return f"{STATE_FILE} lacks a valid step or token count"
+    return None
+
+
+def _optimizer_problem(path: Path) -> str | None:
+    if (path / OPTIMIZER_DIR / ".metadata").is_file():
+        return _sharded_optimizer_problem(path / OPTIMIZER_DIR)
+    if (path / OPTIMIZER_FILE).is_file():
+        return _zip_problem(path / OPTIMIZER_FILE)
+    return f"no optimizer state ({OPTIMIZER_DIR}/ or {OPTIMIZER_FILE})"
+
+
+def _zip_problem(file: Path) -> str | None:
+    """torch.save writes a zip archive: its index sits at the end and names every record's place."""
+    try:
+        with zipfile.ZipFile(file) as archive:
+            size = file.stat().st_size
+            if any(info.header_offset + info.compress_size > size for info in archive.infolist()):
+                return f"{file.name} is shorter than its index says"
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        return f"{file.name} is unreadable ({_first_line(exc)})"
+    return None
+
+
+def _sharded_optimizer_problem(folder: Path) -> str | None:
+    try:
+        metadata = SafeFileSystemReader(folder).read_metadata()
+    except UserError as exc:
+        return str(exc)
+    for info in (metadata.storage_data or {}).values():
+        shard = folder / info.relative_path
+        if not shard.is_file() or shard.stat().st_size < info.offset + info.length:
+            return f"{OPTIMIZER_DIR}/{info.relative_path} is missing or shorter than its index says"
+    return None
 
 
 def _by_name(full: dict) -> dict:

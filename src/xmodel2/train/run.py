@@ -13,6 +13,7 @@ every rank sees, since each rank also writes its optimizer shard into the checkp
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 from dataclasses import dataclass
@@ -22,12 +23,13 @@ import torch
 
 from xmodel2.errors import UserError
 from xmodel2.fileio import atomic_write_json, read_json
+from xmodel2.folders import claim_run_folder
 from xmodel2.model.config import ModelConfig
 from xmodel2.model.folder import WEIGHTS_NAME, build_model, load_state_into, read_safetensors
 from xmodel2.model.mup import build_optimizer
 from xmodel2.train import distributed, flops
 from xmodel2.train.checkpoint import STATE_FILE, latest_checkpoint
-from xmodel2.train.dist_checkpoint import restore_optimizer
+from xmodel2.train.dist_checkpoint import newest_resumable_checkpoint, restore_optimizer
 from xmodel2.train.hardware import measure_matmul_flops, pick_device
 from xmodel2.train.metrics import MetricsLogger, Progress
 from xmodel2.train.runconfig import RunConfig, model_config
@@ -164,11 +166,15 @@ def stage_at(plans: list[StagePlan], step: int) -> StagePlan:
 
 def run_pretraining(run: RunConfig, out_dir: str | Path, init_from: str | Path | None = None,
                     show_progress: bool = True) -> RunResult:
+    """The run holds OUT (a new, empty or run folder) locked from start to end (see folders.py)."""
     if not distributed.launched_by_torchrun():
-        return _run(run, Path(out_dir), init_from, show_progress, pick_device(run.train.device))
+        with claim_run_folder(out_dir):
+            return _run(run, Path(out_dir), init_from, show_progress, pick_device(run.train.device))
     device = distributed.init_distributed(run.train.device)
     try:
-        return _run(run, Path(out_dir), init_from, show_progress, device)
+        # Ranks may sit on other nodes, where a lock would not exclude anything: rank 0 holds it.
+        with claim_run_folder(out_dir) if distributed.is_main_process() else contextlib.nullcontext():
+            return _run(run, Path(out_dir), init_from, show_progress, device)
     finally:
         distributed.shutdown_distributed()
 
@@ -274,7 +280,7 @@ def _run(run: RunConfig, out_dir: Path, init_from: str | Path | None, show_progr
 
 def _resume_source(out_dir: Path, init_from, config: ModelConfig) -> Path | None:
     """This run's newest checkpoint, else `init_from` to branch from, else None (a fresh start)."""
-    source = latest_checkpoint(out_dir)
+    source = newest_resumable_checkpoint(out_dir, say)
     if source is None and init_from is not None:
         source = Path(init_from)
         if not source.is_dir():
