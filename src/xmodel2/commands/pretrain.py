@@ -34,12 +34,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from xmodel2.train.run import run_pretraining
+    from xmodel2.train.hardware import pick_device
+    from xmodel2.train.run import check_run, run_pretraining
     from xmodel2.train.runconfig import load_run_config
 
     run_config = load_run_config(args.config, args.overrides, fragments=args.set_from)
     name = Path(args.config).stem if args.config else "default"
     out_dir = Path(args.out) if args.out else Path("runs") / name
+    # Everything that can be refused is, before the run folder is made or any work starts.
+    check_run(run_config, out_dir, args.init_from, pick_device(run_config.train.device),
+              world=int(os.environ.get("WORLD_SIZE", "1")))
     started = time.perf_counter()
     result = run_pretraining(run_config, out_dir, init_from=args.init_from,
                              show_progress=not args.no_progress)

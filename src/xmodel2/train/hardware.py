@@ -83,3 +83,67 @@ def keep_freed_memory_for_reuse() -> bool:
         return False
     m_trim_threshold, m_mmap_max = -1, -4  # from <malloc.h>
     return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
+
+
+# ---- memory: what one training step needs, and what the device has -------------------------------
+
+# Bytes kept for backward per token, per layer, per unit of hidden width: 34 at 16-bit activations
+# (Korthikanti et al. 2022, "Reducing Activation Recomputation in Large Transformer Models", without
+# their s/h attention-score term: our attention is blocked and never keeps an s x s matrix).
+ACTIVATION_BYTES_PER_HIDDEN = {"bf16": 34, "fp32": 68}
+
+
+def training_step_bytes(config, micro_batch: int, seq_len: int, precision: str,
+                        activation_checkpointing: bool = False, shards: int = 1) -> dict[str, int]:
+    """A lower estimate of the memory of one micro-batch step, by part, in bytes.
+
+    fp32 weights, gradients and the two AdamW moments (16 bytes a parameter, divided over
+    `shards` under FSDP); the activations kept for backward (only each block's input under
+    activation checkpointing, plus one block recomputed); the logits and their gradient in fp32.
+    """
+    tokens = micro_batch * seq_len
+    per_layer = tokens * config.hidden_size * ACTIVATION_BYTES_PER_HIDDEN[precision]
+    if activation_checkpointing:
+        activations = tokens * config.hidden_size * 4 * config.num_layers + per_layer
+    else:
+        activations = per_layer * config.num_layers
+    return {"weights, gradients and AdamW state": 16 * config.num_parameters() // shards,
+            "activations": activations,
+            "logits": 2 * 4 * tokens * config.vocab_size}
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes free for a new allocation on `device`: free CUDA memory, or on the CPU the kernel's
+    MemAvailable (capped by a cgroup memory limit); None where it cannot be told."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    if device.type != "cpu":
+        return None
+    candidates = [_meminfo_available(), _cgroup_room()]
+    known = [c for c in candidates if c is not None]
+    return min(known) if known else None
+
+
+def _meminfo_available() -> int | None:
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _cgroup_room() -> int | None:
+    """memory.max - memory.current of this process's cgroup (v2), when it has a limit."""
+    try:
+        limit = open("/sys/fs/cgroup/memory.max", encoding="ascii").read().strip()
+        used = open("/sys/fs/cgroup/memory.current", encoding="ascii").read().strip()
+        return None if limit == "max" else max(0, int(limit) - int(used))
+    except (OSError, ValueError):
+        return None

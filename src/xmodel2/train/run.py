@@ -104,6 +104,104 @@ def prepare_sources(run: RunConfig, out_dir: Path, tokenizer_path: Path) -> dict
     return shard_dirs
 
 
+# ---- checks before any work ------------------------------------------------------------------------
+
+def check_run(run: RunConfig, out_dir: Path, init_from: str | Path | None, device: torch.device,
+              world: int = 1) -> None:
+    """Refuse a run that cannot work before any tokenizer training, shard preparation or output:
+    the model settings, the sequence length against the context, the batch split, `--init-from`,
+    the inputs, the memory of one micro-batch step, and a resume under different settings."""
+    config = model_config(run, _expected_vocab_size(run, out_dir))
+    if run.data.seq_len > config.max_position_embeddings:
+        raise UserError(f"data.seq_len={run.data.seq_len} exceeds the model's context "
+                        f"(model.max_position_embeddings={config.max_position_embeddings})")
+    for _, size in batch_schedule(run).segments:
+        try:
+            accumulation_steps(size, run.train.micro_batch_size, world)
+        except ValueError:
+            raise UserError(f"train.batch_size: a global batch of {size} sequences does not split into "
+                            f"micro-batches of {run.train.micro_batch_size} on {world} rank(s)") from None
+    if init_from is not None and latest_checkpoint(out_dir) is None:
+        _check_is_checkpoint(Path(init_from))
+    for path in training_inputs(run) + _held_out_inputs(run):
+        if not path.exists():
+            raise UserError(f"{path}: input not found (data.sources)")
+    _check_memory(run, config, device, world)
+    own = latest_checkpoint(out_dir)
+    if own is not None:
+        check_resume_matches(own, run)
+
+
+def _expected_vocab_size(run: RunConfig, out_dir: Path) -> int:
+    """The vocabulary the model will get: the given or already trained tokenizer's, else the
+    configured size of the one to train (which may come out smaller, never larger)."""
+    from xmodel2.tokenizer import load_tokenizer
+
+    if run.tokenizer.path:
+        return load_tokenizer(run.resolve_path(run.tokenizer.path)).vocab_size
+    if (out_dir / "tokenizer" / "tokenizer.model").is_file():
+        return load_tokenizer(out_dir / "tokenizer").vocab_size
+    return run.tokenizer.vocab_size
+
+
+def _held_out_inputs(run: RunConfig) -> list[Path]:
+    return [run.resolve_path(p) for s in run.data.sources.values() if s.held_out for p in s.inputs]
+
+
+def _check_is_checkpoint(path: Path) -> None:
+    if not path.is_dir():
+        raise UserError(f"{path}: checkpoint folder not found (--init-from)")
+    if not (path / STATE_FILE).is_file():
+        raise UserError(f"{path}: not a training checkpoint (no {STATE_FILE}); --init-from takes a "
+                        "folder under a run's checkpoints/")
+
+
+def _check_memory(run: RunConfig, config: ModelConfig, device: torch.device, world: int) -> None:
+    from xmodel2.train.hardware import available_memory, training_step_bytes
+
+    shards = world if run.parallel.strategy == "fsdp" else 1
+    parts = training_step_bytes(config, run.train.micro_batch_size, run.data.seq_len, run.train.precision,
+                                run.parallel.activation_checkpointing, shards)
+    needed, available = sum(parts.values()), available_memory(device)
+    if available is None or needed <= available:
+        return
+    detail = ", ".join(f"{name} {_gib(size)}" for name, size in parts.items())
+    raise UserError(f"train.micro_batch_size={run.train.micro_batch_size}: one micro-batch step needs "
+                    f"at least {_gib(needed)} ({detail}) but {device} has {_gib(available)} available; "
+                    "lower train.micro_batch_size (the global batch is reached by accumulation) "
+                    "or data.seq_len")
+
+
+def _gib(size: int) -> str:
+    return f"{size / 2**30:,.1f} GiB"
+
+
+# Settings that decide which tokens each step sees: a resume under other values would silently
+# train on a different data order than the checkpoint's run.
+RESUME_SETTINGS = (("train", "batch_size"), ("train", "batch_schedule"), ("train", "seed"),
+                   ("train", "micro_batch_size"), ("data", "seq_len"))
+
+
+def check_resume_matches(checkpoint: Path, run: RunConfig) -> None:
+    """Refuse to resume `checkpoint` (this run's own) under different batch, seed or sequence
+    settings; both values are named."""
+    try:
+        meta = read_json(checkpoint / STATE_FILE, "trainer state")
+    except UserError:
+        return  # a damaged checkpoint: resuming reports it (or falls back to an older one)
+    saved = meta.get("run_config") if isinstance(meta, dict) else None
+    if not isinstance(saved, dict):
+        return  # a checkpoint from before run configs were saved: nothing to compare
+    current = run.to_dict()
+    for section, key in RESUME_SETTINGS:
+        if key == "micro_batch_size" and run.train.batch_schedule is None:
+            continue  # the micro-batch only splits the work; without a schedule the data order ignores it
+        before = (saved.get(section) or {}).get(key, current[section][key])
+        if before != current[section][key]:
+            raise UserError(f"{section}.{key}={current[section][key]} differs from {before} in {checkpoint} "
+                            "that this run resumes; resume with the same value or use a new --out")
+
+
 # ---- planning --------------------------------------------------------------------------------------
 
 def batch_schedule(run: RunConfig) -> BatchSchedule:
@@ -140,9 +238,6 @@ def plan_stages(run: RunConfig, shard_dirs: dict[str, Path], batches: BatchSched
     for index, (stage, n_steps) in enumerate(zip(run.stages, run.stage_steps())):
         end = start + n_steps
         stage_tokens = (batches.offset(end) - batches.offset(start)) * run.data.seq_len
-        shares = {k: v for k, v in stage.mixture.items() if v <= 1}
-        if shares and abs(sum(shares.values()) - 1.0) > 1e-6 and len(shares) == len(stage.mixture):
-            raise UserError(f"stages.{index}.mixture: shares add up to {sum(shares.values()):.4f}, not 1")
         specs = []
         for source, amount in stage.mixture.items():
             tokens = int(amount) if amount > 1 else int(round(amount * stage_tokens))
@@ -184,6 +279,7 @@ def _run(run: RunConfig, out_dir: Path, init_from: str | Path | None, show_progr
     world, rank = distributed.world_size(), distributed.rank()
     if distributed.is_distributed() and world > 1 and run.parallel.strategy == "none":
         raise UserError(f"parallel.strategy=none cannot train on {world} ranks; use ddp or fsdp")
+    check_run(run, out_dir, init_from, device, world)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(run.train.seed)
     from xmodel2.tokenizer import load_tokenizer
@@ -199,12 +295,6 @@ def _run(run: RunConfig, out_dir: Path, init_from: str | Path | None, show_progr
     config = config.replace(bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id,
                             pad_token_id=tokenizer.pad_id)
     batches = batch_schedule(run)
-    for _, size in batches.segments:
-        try:
-            accumulation_steps(size, run.train.micro_batch_size, world)
-        except ValueError:
-            raise UserError(f"train.batch_size: a global batch of {size} sequences does not split into "
-                            f"micro-batches of {run.train.micro_batch_size} on {world} rank(s)") from None
     schedule = lr_schedule(run)
     plans = plan_stages(run, shard_dirs, batches, tokenizer)
     for plan in plans:
@@ -212,6 +302,8 @@ def _run(run: RunConfig, out_dir: Path, init_from: str | Path | None, show_progr
 
     model = build_model(config, seed=run.train.seed).to(device)
     source = _resume_source(out_dir, init_from, config)
+    if source is not None and source.parent == out_dir / "checkpoints":
+        check_resume_matches(source, run)
     if source is not None:  # full weights go in before any sharding
         load_state_into(model, read_safetensors(source / WEIGHTS_NAME), str(source))
     loss_module, compiled = _wrap(model, run, device)
