@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"xmodel2: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
-        message = os_error_line(exc)
+        message = os_error_line(exc, getattr(args, "out", None) or getattr(args, "output", None))
         if message is None:
             raise
         print(f"xmodel2: error: {message}", file=sys.stderr)
@@ -94,15 +94,16 @@ USER_FIXABLE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, er
                        errno.EFBIG, errno.EMFILE, errno.ENFILE, errno.EIO, errno.ELOOP, errno.EXDEV}
 
 
-def os_error_line(exc: OSError) -> str | None:
-    """`PATH: reason` for an OSError on a path (or the reason alone for a full disk, whose
-    write calls carry no file name); None for anything else, which stays a traceback."""
+def os_error_line(exc: OSError, output: str | None = None) -> str | None:
+    """`PATH: reason` for an OSError on a path. A write that fails for want of space carries no
+    file name: it is blamed on the command's output (`--out`/`--output`). None for anything else,
+    which stays a traceback."""
     reason = exc.strerror or str(exc)
     if exc.filename is not None:
         target = f" -> {os.fsdecode(exc.filename2)}" if exc.filename2 is not None else ""
         return f"{os.fsdecode(exc.filename)}{target}: {reason}"
     if exc.errno in USER_FIXABLE_ERRNOS:
-        return f"{reason} (errno {errno.errorcode.get(exc.errno, exc.errno)})"
+        return f"{output}: {reason}" if output else reason
     return None
 
 
