@@ -9,6 +9,9 @@ dequantizes it.
 from __future__ import annotations
 
 import json
+import os
+import struct
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,11 +67,19 @@ def read_gguf(path: Path, workdir: Path) -> Checkpoint:
     except ImportError as exc:
         raise UserError(f"{path}: reading GGUF needs `pip install transformers gguf accelerate` "
                         f"({exc.name} is missing)") from None
+    check_gguf_header(path)
+    isolated = isolated_gguf(path, workdir)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
-                                                     dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    except (ValueError, OSError, KeyError, RuntimeError, NotImplementedError) as exc:
+        # Only the GGUF's own metadata is read: the folder holds nothing else, and remote code
+        # is refused outright (never asked about on the terminal).
+        model = AutoModelForCausalLM.from_pretrained(isolated.parent, gguf_file=isolated.name,
+                                                     dtype=torch.float32, trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(isolated.parent, gguf_file=isolated.name,
+                                                  trust_remote_code=False)
+    except (struct.error, EOFError) as exc:
+        raise UserError(f"{path}: GGUF file is cut short, it ends inside its header or tensor "
+                        f"data ({_first_line(exc)})") from None
+    except GGUF_READ_ERRORS as exc:
         raise UserError(f"{path}: cannot read GGUF ({_first_line(exc)})") from None
     hf = model.config.to_dict()
     hf["architectures"] = [type(model).__name__]
@@ -77,6 +88,37 @@ def read_gguf(path: Path, workdir: Path) -> Checkpoint:
     tokenizer_dir = workdir / "tokenizer"
     tokenizer.save_pretrained(str(tokenizer_dir))
     return Checkpoint(config, tensors, tokenizer_dir)
+
+
+GGUF_MAGIC = b"GGUF"
+# What transformers and the gguf reader raise on a damaged or unsupported file.
+GGUF_READ_ERRORS = (ValueError, OSError, KeyError, IndexError, RuntimeError, NotImplementedError)
+
+
+def check_gguf_header(path: Path) -> None:
+    """A file that is not GGUF at all gets a plain answer before transformers is involved."""
+    try:
+        with open(path, "rb") as handle:
+            magic = handle.read(len(GGUF_MAGIC))
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read ({exc.strerror})") from None
+    if magic != GGUF_MAGIC:
+        raise UserError(f"{path}: not a GGUF file (it does not start with {GGUF_MAGIC!r})")
+
+
+def isolated_gguf(path: Path, workdir: Path) -> Path:
+    """The GGUF alone in a private folder of `workdir`, as a link (no copy of gigabytes).
+
+    transformers reads `tokenizer_config.json`, `config.json` and their `auto_map` (custom code)
+    from the folder it is given; the folder beside a downloaded GGUF is not ours to trust.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="gguf-", dir=workdir))  # mode 0700
+    link = folder / path.name
+    try:
+        os.link(path, link)
+    except OSError:  # another file system, or hard links to others' files not allowed
+        link.symlink_to(path.resolve())
+    return link
 
 
 def with_architecture(hf: dict) -> dict:
@@ -136,8 +178,6 @@ def check_tokenizer_files(folder: Path, shown_as: Path) -> None:
 
 
 def import_model(src: str | Path, out: str | Path) -> Checkpoint:
-    import tempfile
-
     with tempfile.TemporaryDirectory() as work:
         checkpoint = read_checkpoint(src, work)
         write_native_folder(out, checkpoint)

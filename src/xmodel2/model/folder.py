@@ -98,12 +98,26 @@ def read_folder_weights(folder: Path) -> dict[str, torch.Tensor]:
     if single.is_file():
         return read_safetensors(single)
     if index.is_file():
-        weight_map = read_json(index, "safetensors index").get("weight_map", {})
         tensors: dict[str, torch.Tensor] = {}
-        for shard in sorted(set(weight_map.values())):
+        for shard in shard_names(index):
             tensors.update(read_safetensors(folder / shard))
         return tensors
     raise UserError(f"{folder}: no {WEIGHTS_NAME} (or sharded index) in the model folder")
+
+
+def shard_names(index: Path) -> list[str]:
+    """The shard files a `model.safetensors.index.json` names, each a plain file in its folder."""
+    data = read_json(index, "safetensors index")
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise UserError(f"{index}: expected a JSON object with a non-empty \"weight_map\" "
+                        f"(tensor name -> shard file)")
+    shards = set(weight_map.values())
+    for shard in shards:
+        # A shard name is a file beside the index, never a path that leads elsewhere.
+        if not isinstance(shard, str) or Path(shard).name != shard or shard in (".", ".."):
+            raise UserError(f"{index}: weight_map names {shard!r}, not a file name in the folder")
+    return sorted(shards)
 
 
 def canonical_tensors(tensors: dict[str, torch.Tensor], config: ModelConfig,
