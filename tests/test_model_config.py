@@ -53,6 +53,19 @@ def test_untied_model_counts_the_head_once_more():
     (dict(num_layers=2.5), "num_layers"),
     (dict(hidden_size=12, num_heads=4, num_kv_heads=1), "head_dim"),  # head_dim 3 is odd
     (dict(attention_scale="sqrt"), "attention_scale"),
+    (dict(num_layers=-1), "num_layers"),
+    (dict(num_layers=True), "num_layers"),                # a YAML `true` is not 1 layer
+    (dict(intermediate_size="640"), "intermediate_size"),
+    (dict(max_position_embeddings=0), "max_position_embeddings"),
+    (dict(head_dim=0), "head_dim"),
+    (dict(rope_theta=0.0), "rope_theta"),
+    (dict(rope_theta=float("nan")), "rope_theta"),
+    (dict(rms_norm_eps=0.0), "rms_norm_eps"),
+    (dict(rms_norm_eps=float("inf")), "rms_norm_eps"),
+    (dict(tie_embeddings="yes"), "tie_embeddings"),
+    (dict(bos_token_id=100), "bos_token_id"),             # vocab_size is 100
+    (dict(eos_token_id=-1), "eos_token_id"),
+    (dict(pad_token_id=1.5), "pad_token_id"),
 ])
 def test_invalid_shapes_are_rejected_naming_the_field(changes, field):
     values = dict(vocab_size=100, hidden_size=256, intermediate_size=640, num_layers=2,
@@ -66,6 +79,13 @@ def test_invalid_shapes_are_rejected_naming_the_field(changes, field):
     (dict(scale_emb=0.0), "scale_emb"),
     (dict(weight_decay_policy="decoupled"), "weight_decay_policy"),
     (dict(output_init="zero"), "output_init"),
+    (dict(enabled="yes"), "enabled"),
+    (dict(dim_model_base=0), "dim_model_base"),
+    (dict(dim_model_base=64.0), "dim_model_base"),
+    (dict(scale_depth=float("nan")), "scale_depth"),
+    (dict(mlp_scale_depth=-1.0), "mlp_scale_depth"),
+    (dict(init_std=float("inf")), "init_std"),
+    (dict(output_scale=0), "output_scale"),
 ])
 def test_invalid_mup_settings_are_rejected_naming_the_field(mup, field):
     with pytest.raises(UserError, match=field):
@@ -82,7 +102,8 @@ def test_multipliers_follow_the_report():
 
 
 def test_native_config_json_round_trips():
-    config = preset("tiny", mup={"scale_emb": 7.0, "output_scale": 2.0, "norm_lr": "hidden"},
+    config = preset("tiny", mup={"scale_emb": 7.0, "output_scale": 2.0, "norm_lr": "hidden",
+                                 "mlp_scale_depth": 0.5},
                     attention_scale="inv_head_dim", tie_embeddings=False)
     assert from_hf_config(to_hf_config(config)) == config
 
@@ -122,3 +143,23 @@ def test_plain_llama_config_is_mup_off_and_untied():
 def test_unknown_architecture_is_named():
     with pytest.raises(UserError, match="GPT2LMHeadModel"):
         from_hf_config({**LLAMA_KEYS, "architectures": ["GPT2LMHeadModel"]})
+
+
+def test_a_bad_hf_value_is_named_by_its_config_json_key():
+    with pytest.raises(UserError, match=r"^cfg.json: num_hidden_layers must be a positive integer"):
+        from_hf_config({**LLAMA_KEYS, "architectures": ["LlamaForCausalLM"], "num_hidden_layers": -1},
+                       "cfg.json")
+    with pytest.raises(UserError, match=r"^cfg.json: mup_input_scale must be a finite positive"):
+        from_hf_config({**LLAMA_KEYS, "architectures": ["XmodelForCausalLM"], "use_mup": True,
+                        "mup_input_scale": float("nan")}, "cfg.json")
+    with pytest.raises(UserError, match=r"^cfg.json: expected a JSON object, got list"):
+        from_hf_config([LLAMA_KEYS], "cfg.json")
+
+
+def test_separate_mlp_residual_scale_only_where_set():
+    assert preset("nano").mlp_residual_multiplier == preset("nano").residual_multiplier
+    config = preset("nano", mup={"scale_depth": 2.0, "mlp_scale_depth": 0.5})
+    assert config.residual_multiplier == pytest.approx(2.0 / math.sqrt(8))
+    assert config.mlp_residual_multiplier == pytest.approx(0.5 / math.sqrt(8))
+    off = preset("nano", mup={"enabled": False, "mlp_scale_depth": 0.5})
+    assert off.mlp_residual_multiplier == 1.0

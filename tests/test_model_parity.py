@@ -83,6 +83,7 @@ def reference_logits(config: ModelConfig, state: dict, counts: dict[str, int]) -
     """Llama logits with each μP multiplier applied `counts[op]` times (1 = correct)."""
     model = hf_llama(config.replace(mup={"enabled": False}), state)
     residual = config.mup.scale_depth / math.sqrt(config.num_layers)
+    mlp_residual = (config.mup.mlp_scale_depth or config.mup.scale_depth) / math.sqrt(config.num_layers)
     m = config.hidden_size / config.mup.dim_model_base
 
     def scale_output(factor: float):
@@ -95,7 +96,7 @@ def reference_logits(config: ModelConfig, state: dict, counts: dict[str, int]) -
     model.model.embed_tokens.register_forward_hook(scale_output(config.mup.scale_emb ** counts["embedding"]))
     for layer in model.model.layers:
         layer.self_attn.register_forward_hook(scale_output(residual ** counts["attention_residual"]))
-        layer.mlp.register_forward_hook(scale_output(residual ** counts["mlp_residual"]))
+        layer.mlp.register_forward_hook(scale_output(mlp_residual ** counts["mlp_residual"]))
     model.lm_head.register_forward_pre_hook(lambda module, inputs: (inputs[0] / m ** counts["logits"],))
     with torch.no_grad():
         return model(IDS).logits
@@ -113,6 +114,17 @@ def test_each_mup_operation_is_applied_exactly_once(operation):
     # The comparison can tell: without this multiplier, or with it twice, the logits differ.
     for wrong in (0, 2):
         assert relative_error(logits, reference_logits(config, state, {**once, operation: wrong})) > 1e-3
+
+
+@pytest.mark.parametrize("operation", ("attention_residual", "mlp_residual"))
+def test_separate_mlp_residual_scale_applies_to_the_mlp_branch_only(operation):
+    config = tiny(mup={**MUP, "mlp_scale_depth": 0.5})
+    ours = build_model(config, seed=8).eval()
+    with torch.no_grad():
+        logits = ours(IDS)
+    once = {op: 1 for op in OPERATIONS}
+    assert relative_error(logits, reference_logits(config, ours.state_dict(), once)) <= 1e-5
+    assert relative_error(logits, reference_logits(config, ours.state_dict(), {**once, operation: 0})) > 1e-3
 
 
 def test_logits_by_hand_with_output_scale():
