@@ -100,11 +100,20 @@ def os_error_line(exc: OSError, output: str | None = None) -> str | None:
     which stays a traceback."""
     reason = exc.strerror or str(exc)
     if exc.filename is not None:
+        if output and _is_temporary_sibling(os.fsdecode(exc.filename), output):
+            return f"{output}: {reason}"
         target = f" -> {os.fsdecode(exc.filename2)}" if exc.filename2 is not None else ""
         return f"{os.fsdecode(exc.filename)}{target}: {reason}"
     if exc.errno in USER_FIXABLE_ERRNOS:
         return f"{output}: {reason}" if output else reason
     return None
+
+
+def _is_temporary_sibling(path: str, output: str) -> bool:
+    """Atomic writers work in `.NAME.*` beside the output; the user knows only the output."""
+    path, output = os.path.abspath(path), os.path.abspath(output)
+    return (os.path.dirname(path) == os.path.dirname(output)
+            and os.path.basename(path).startswith(f".{os.path.basename(output)}."))
 
 
 def entry() -> None:

@@ -297,13 +297,12 @@ def _run(run: RunConfig, out_dir: Path, init_from: str | Path | None, show_progr
     batches = batch_schedule(run)
     schedule = lr_schedule(run)
     plans = plan_stages(run, shard_dirs, batches, tokenizer)
-    for plan in plans:
-        say(f"xmodel2: stage {plan.name!r}, steps {plan.start}-{plan.end - 1}\n{plan.dataset.describe()}")
-
     model = build_model(config, seed=run.train.seed).to(device)
     source = _resume_source(out_dir, init_from, config)
     if source is not None and source.parent == out_dir / "checkpoints":
         check_resume_matches(source, run)
+    for plan in plans:  # after the checks of the resume, so that a refusal is the only line
+        say(f"xmodel2: stage {plan.name!r}, steps {plan.start}-{plan.end - 1}\n{plan.dataset.describe()}")
     if source is not None:  # full weights go in before any sharding
         load_state_into(model, read_safetensors(source / WEIGHTS_NAME), str(source))
     loss_module, compiled = _wrap(model, run, device)
