@@ -41,3 +41,22 @@ def test_the_program_keeps_freed_memory_unless_told_not_to():
     assert untouched.stdout.strip() == "False"
     run = subprocess.run([sys.executable, "-m", "xmodel2", "--version"], env=env, capture_output=True, text=True)
     assert run.returncode == 0 and run.stdout.strip()
+
+
+def test_bad_usage_is_one_line_naming_the_command(capsys):
+    assert exit_code(["generate", "some-dir", "--prompt", "x", "--max-new-tokens", "1e11"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "xmodel2: error: generate: argument --max-new-tokens: invalid int value: '1e11'"]
+
+
+def test_os_errors_name_the_path_or_the_output():
+    import errno
+
+    from xmodel2.cli import os_error_line
+
+    assert os_error_line(PermissionError(errno.EACCES, "Permission denied", "/x/y")) == "/x/y: Permission denied"
+    full = OSError(errno.ENOSPC, "No space left on device")
+    assert os_error_line(full, "out/shards") == "out/shards: No space left on device"
+    temporary = OSError(errno.EROFS, "Read-only file system", "out/.shards.tmp")
+    assert os_error_line(temporary, "out/shards") == "out/shards: Read-only file system"
+    assert os_error_line(OSError(errno.EAGAIN, "Resource temporarily unavailable")) is None  # a bug: traceback
