@@ -105,10 +105,6 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, str]]:
     return parsed
 
 
-def overridden_keys(overrides: list[str]) -> set[str]:
-    return {key for key, _ in parse_overrides(overrides)}
-
-
 def override_texts(overrides: list[str]) -> dict[str, str]:
     """Dotted key -> the override as the user typed it, for errors that blame it."""
     return {key: f"--{key}={raw}" for key, raw in parse_overrides(overrides)}
