@@ -12,6 +12,7 @@ to show that the attempt is real: it does change that copy.
 import gzip
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -285,3 +286,32 @@ def test_correct_wrong_endless_and_greedy_completions(tmp_path, canonical):
     statuses = [record["status"] for record in report["details"]["humaneval"]["completions"]]
     assert statuses == ["passed", "failed", "timeout", "failed"]
     assert report["results"][0]["value"] == 0.25 and report["results"][0]["n"] == 1  # one problem, 4 samples
+
+
+def test_every_escape_fails_in_a_user_namespace_too(tmp_path, canonical, stdlib, listener):
+    """The route an ordinary user gets: under `unshare --user --map-root-user` uid 65534 has no
+    identity, so the launcher makes its own user namespace. One run scores all the escapes."""
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare(1)")
+    marker = f"xmodel2-escape-{uuid.uuid4().hex}"
+    canary = make_canary(tmp_path / "canary")
+    before, stdlib_before = snapshot(canary), sorted(os.listdir(stdlib))
+    values = {"stdlib": stdlib, "port": listener.getsockname()[1], "marker": marker, "target": str(canary)}
+    source, output = tmp_path / "completions.jsonl", tmp_path / "report.json"
+    rows = [{"task_id": "HumanEval/0", "completion": completion(canonical, escape_program(snippet, **values))}
+            for snippet, _ in ESCAPES.values()]
+    source.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    run = subprocess.run(["unshare", "--user", "--map-root-user", sys.executable, "-m", "xmodel2", "eval",
+                          "--tasks", "humaneval", "--completions", str(source), "--output", str(output)],
+                         capture_output=True, text=True, timeout=600)
+    if run.returncode != 0 and "unshare failed" in run.stderr:
+        pytest.skip(f"user namespaces are not available: {run.stderr.strip()}")
+    assert run.returncode == 0, run.stderr
+    report = json.loads(output.read_text())
+    assert report["details"]["humaneval"]["isolation"].startswith("namespaces: user,mount,pid,net,ipc,uts;")
+    statuses = {name: record["status"] for name, record in zip(ESCAPES, report["details"]["humaneval"]["completions"])}
+    assert statuses == {name: "passed" for name in ESCAPES}
+    assert snapshot(canary) == before
+    assert sorted(os.listdir(stdlib)) == stdlib_before
+    assert _connections(listener) == 0
+    assert not _processes_with(marker)
