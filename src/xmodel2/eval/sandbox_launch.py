@@ -4,7 +4,7 @@ Started by `sandbox.run_sandboxed` as `python -I -S -B sandbox_launch.py TIMEOUT
 with the program on stdin (its length, a newline, the source; the caller then keeps stdin open as
 a lifeline: closing it, or dying, ends the sandbox). It runs as the caller, before any untrusted code, and is the
 only place that holds privileges. Standard library only (it runs on the base interpreter) and
-ctypes for the four calls Python < 3.12 lacks: unshare, mount, umount2, pivot_root.
+ctypes for what Python < 3.12 lacks: unshare, mount, umount2, pivot_root and prctl.
 
 Two processes:
 
@@ -99,8 +99,11 @@ def enter_namespaces() -> list[str]:
         uid, gid = os.geteuid(), os.getegid()
         _unshare(CLONE_NEWUSER, "user namespaces")
         for name, text in (("setgroups", "deny"), ("uid_map", f"{NOBODY} {uid} 1"), ("gid_map", f"{NOBODY} {gid} 1")):
-            with open(f"/proc/self/{name}", "w") as handle:
-                handle.write(text)
+            try:
+                with open(f"/proc/self/{name}", "w") as handle:  # setgroups first: the kernel requires it
+                    handle.write(text)
+            except OSError as exc:
+                raise SetupError(f"user namespaces: writing /proc/self/{name} failed ({exc.strerror})") from None
         names.append("user")
     for flag, name, what in ((CLONE_NEWPID, "pid", "PID namespaces"), (CLONE_NEWNET, "net", "network namespaces"),
                              (CLONE_NEWIPC, "ipc", "IPC namespaces"), (CLONE_NEWUTS, "uts", "UTS namespaces")):
@@ -188,6 +191,7 @@ def _report(fd: int, key: str, text: str) -> None:
 
 
 def become_sandbox(source: bytes, memory_bytes: int, tmpfs_bytes: int, cpu_seconds: int, notes_fd: int) -> None:
+    libc.prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0)  # should the supervisor die during the setup
     os.umask(0o022)  # mount points made here must be traversable by uid 65534
     _unshare(CLONE_NEWNS, "mount namespaces")
     _mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing mounted here propagates to the host
@@ -297,7 +301,8 @@ def _drop_privileges() -> None:
 
 
 def _limit(memory_bytes: int, cpu_seconds: int) -> None:
-    """Set after the uid change: RLIMIT_NPROC then counts uid 65534's processes."""
+    """Set after the uid change, which checks uid 65534's process count against RLIMIT_NPROC and
+    would make the exec fail if uid 65534 already had more processes than the limit elsewhere."""
     for limit, value in ((resource.RLIMIT_CPU, cpu_seconds), (resource.RLIMIT_AS, memory_bytes),
                          (resource.RLIMIT_FSIZE, MAX_FILE_BYTES), (resource.RLIMIT_NOFILE, 64),
                          (resource.RLIMIT_CORE, 0), (resource.RLIMIT_NPROC, MAX_PROCESSES)):
