@@ -124,16 +124,14 @@ def _score_completions(args: argparse.Namespace, specs: list[str]) -> int:
     from pathlib import Path
 
     from xmodel2.errors import UserError
-    from xmodel2.eval.humaneval import isolation_for
     from xmodel2.eval.runner import Outcome, Settings, score_completions
 
     if specs != ["humaneval"]:
         raise UserError(f"--completions scores HumanEval only: give --tasks humaneval (got --tasks {args.tasks})")
     if args.model is not None:
         raise UserError(f"--completions takes no model folder (got {args.model}): the completions are already made")
-    settings = Settings(args.limit, isolation=isolation_for(args.allow_unsandboxed_code))
     outcome = Outcome()
-    score_completions(Path(args.completions), settings, outcome)
+    score_completions(Path(args.completions), Settings(args.limit), outcome, args.allow_unsandboxed_code)
     _finish(args, outcome, {"model": None, "completions": str(args.completions), "tasks": specs, "limit": args.limit})
     return 0
 

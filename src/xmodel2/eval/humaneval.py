@@ -86,10 +86,12 @@ def evaluate(model, tokenizer, isolation_used: str, limit: int | None = None, ba
     return _score([(problem, result.text) for problem, result in zip(problems, results)], isolation_used, timeout)
 
 
-def score_completions(path: str | Path, isolation_used: str, limit: int | None = None,
-                      timeout: float = 10.0) -> tuple[Metric, list[dict]]:
+def score_completions(path: str | Path, allow_unsandboxed: bool, limit: int | None = None,
+                      timeout: float = 10.0) -> tuple[Metric, list[dict], str]:
+    """Metric, per-sample records and the isolation used; the file is checked before the sandbox."""
     samples = read_completions(Path(path), {p.task_id: p for p in load_problems()})[:limit]
-    return _score(samples, isolation_used, timeout)
+    isolation_used = isolation_for(allow_unsandboxed)
+    return (*_score(samples, isolation_used, timeout), isolation_used)
 
 
 def read_completions(path: Path, problems: dict[str, Problem]) -> list[tuple[Problem, str]]:

@@ -68,12 +68,12 @@ def run_task(scorer: Scorer, spec: str, settings: Settings, outcome: Outcome) ->
     outcome.details.setdefault(spec, {})["seconds"] = round(time.perf_counter() - started, 3)
 
 
-def score_completions(path: Path, settings: Settings, outcome: Outcome) -> None:
+def score_completions(path: Path, settings: Settings, outcome: Outcome, allow_unsandboxed: bool) -> None:
     """HumanEval on completions made elsewhere (`xmodel2 eval --tasks humaneval --completions FILE`)."""
     from xmodel2.eval import humaneval
 
     started = time.perf_counter()
-    metric, records = humaneval.score_completions(path, settings.isolation, settings.limit)
+    metric, records, settings.isolation = humaneval.score_completions(path, allow_unsandboxed, settings.limit)
     _humaneval_outcome(metric, records, settings, outcome)
     outcome.details["humaneval"]["seconds"] = round(time.perf_counter() - started, 3)
 
