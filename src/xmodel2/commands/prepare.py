@@ -28,6 +28,7 @@ def run(args: argparse.Namespace) -> int:
     from xmodel2.data.prepare import DEFAULT_CHUNK_CHARS, prepare
     from xmodel2.data.shards import ShardReader
     from xmodel2.errors import UserError
+    from xmodel2.folders import check_outputs_apart
 
     if args.check:
         for path in args.inputs:
@@ -38,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.tokenizer or not args.out:
         raise UserError("prepare needs --tokenizer PATH and --out DIR")
+    check_outputs_apart([args.out], [*args.inputs, args.tokenizer])
     result = prepare(args.inputs, args.tokenizer, args.out, jsonl_field=args.jsonl_field,
                      workers=args.workers, strict=args.strict,
                      chunk_chars=args.chunk_chars or DEFAULT_CHUNK_CHARS)

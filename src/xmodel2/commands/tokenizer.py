@@ -78,9 +78,11 @@ def non_negative(text: str) -> int:
 def _train(args: argparse.Namespace) -> int:
     import time
 
+    from xmodel2.folders import check_outputs_apart
     from xmodel2.tokenizer import load_tokenizer
     from xmodel2.tokenizer.train import train_tokenizer
 
+    check_outputs_apart([args.out], args.input)
     start = time.perf_counter()
     out = train_tokenizer(args.input, args.out, args.vocab_size, jsonl_field=args.jsonl_field,
                           max_sentences=args.max_sentences or None, seed=args.seed)
