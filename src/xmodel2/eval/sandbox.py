@@ -4,7 +4,9 @@
 fresh Linux namespaces (user where not root, mount, PID, network, IPC, UTS) with a read-only root,
 one writable size-limited tmpfs as /tmp and working folder, uid 65534, no capabilities, no new
 privileges, resource limits and a wall-clock deadline that kills the whole PID namespace. The
-launcher's docstring explains each step. Nothing in the program's own interpreter is trusted.
+launcher's docstring explains each step. Nothing in the program's own interpreter is trusted: an
+audit hook there would not be a boundary (ctypes or any C extension passes it), and the escape
+tests would then exercise the hook instead of the kernel.
 
 Where the kernel refuses any of it, `IsolationUnavailable` names what was refused; the program
 then runs only if the caller asks for `isolated=False` (a throwaway folder, rlimits and a timeout,
