@@ -178,6 +178,30 @@ def test_dedup_report_never_overwrites_an_input(tmp_path, capsys):
     assert not (tmp_path / "X.jsonl").exists() and sorted(p.name for p in folder.iterdir()) == ["a.jsonl"]
 
 
+def test_prepare_tokenizer_and_eval_outputs_stay_apart_from_their_inputs(run_dir, tmp_path, capsys):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text("one two three\n")
+    completions = tmp_path / "c.jsonl"
+    completions.write_text('{"task_id": "HumanEval/0", "completion": "    return False\\n"}\n')
+    tokenizer = run_dir / "tokenizer"
+    before = {**digests(corpus), **digests(completions), **digests(tokenizer)}
+
+    refused(["tokenizer", "train", "--input", str(corpus / "a.txt"), "--out", str(corpus / "a.txt"),
+             "--vocab-size", "1000"], capsys, corpus / "a.txt")
+    refused(["tokenizer", "train", "--input", str(corpus), "--out", str(corpus / "tok"),
+             "--vocab-size", "1000"], capsys, corpus)
+    refused(["prepare", str(corpus), "--tokenizer", str(tokenizer), "--out", str(corpus / "shards")],
+            capsys, corpus)
+    refused(["prepare", str(corpus), "--tokenizer", str(tokenizer), "--out", str(tokenizer)], capsys, tokenizer)
+    refused(["eval", "--tasks", "humaneval", "--completions", str(completions), "--output", str(completions)],
+            capsys, completions)
+    refused(["eval", str(tokenizer), "--tasks", "wikitext", "--output", str(tokenizer / "r.json")],
+            capsys, tokenizer)
+    assert {**digests(corpus), **digests(completions), **digests(tokenizer)} == before
+    assert sorted(p.name for p in corpus.iterdir()) == ["a.txt"]
+
+
 # ---- 4: one run per run folder -----------------------------------------------------------------------
 
 def pretrain_process(config: Path, out: Path, *extra: str) -> subprocess.Popen:

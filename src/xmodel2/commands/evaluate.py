@@ -70,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
                         ("--react-max-steps", args.react_max_steps)):
         if value is not None and value < 1:
             raise UserError(f"{name} must be at least 1 (got {value})")
+    _check_output_apart(args, specs)
     if args.completions is not None:
         return _score_completions(args, specs)
     if args.model is None:
@@ -103,6 +104,17 @@ def run(args: argparse.Namespace) -> int:
               "batch_size": args.batch_size, "dtype": args.dtype, "add_bos": scorer.add_bos}
     _finish(args, outcome, record)
     return 0
+
+
+def _check_output_apart(args: argparse.Namespace, specs: list[str]) -> None:
+    """The JSON report must not replace what is evaluated: the model, completions or a ppl: file."""
+    from xmodel2.folders import check_outputs_apart
+
+    if args.output is None:
+        return
+    inputs = [path for path in (args.model, args.completions) if path is not None]
+    inputs += [spec[len("ppl:"):] for spec in specs if spec.startswith("ppl:")]
+    check_outputs_apart([args.output], inputs)
 
 
 def _scorer(args: argparse.Namespace):
