@@ -145,16 +145,6 @@ class DecoderLayer(nn.Module):
         self.attention_residual_multiplier = config.residual_multiplier
         self.mlp_residual_multiplier = config.mlp_residual_multiplier
 
-    @property
-    def residual_multiplier(self) -> float:
-        """The attention branch's multiplier; setting it sets both branches' (the windtunnel's
-        no-depth-scaling arm turns residual scaling off this way)."""
-        return self.attention_residual_multiplier
-
-    @residual_multiplier.setter
-    def residual_multiplier(self, value: float) -> None:
-        self.attention_residual_multiplier = self.mlp_residual_multiplier = value
-
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 mask: torch.Tensor | None, cache: KVCache | None) -> torch.Tensor:
         attn = self.self_attn(self.input_layernorm(x), cos, sin, mask, cache)

@@ -61,7 +61,7 @@ def _unscaled_hidden_init(model: Transformer, config: ModelConfig) -> None:
 
 def _unit_residual_multiplier(model: Transformer, config: ModelConfig) -> None:
     for layer in model.model.layers:
-        layer.residual_multiplier = 1.0
+        layer.attention_residual_multiplier = layer.mlp_residual_multiplier = 1.0
 
 
 MUP = Arm("mup", "μP as configured (the subject)", control=False)
