@@ -43,6 +43,20 @@ def test_crash_inside_leaves_previous_folder(tmp_path):
     assert not (tmp_path / ".out.tmp").exists()
 
 
+def test_a_crash_between_the_two_renames_gets_the_old_folder_back(tmp_path):
+    """The state a power loss can leave inside publish_directory: the old folder moved aside, the
+    new one not yet in place. The next write finds the old one back, and judges it by its kind."""
+    out = tmp_path / "step-00000010"
+    with atomic_directory(out, kind="checkpoint") as tmp:
+        (tmp / "trainer_state.json").write_text("{}")
+    out.rename(tmp_path / ".step-00000010.old")
+    with pytest.raises(UserError, match="holds a training checkpoint"):
+        with atomic_directory(out, kind="model"):
+            pass
+    assert (out / "trainer_state.json").read_text() == "{}"
+    assert not (tmp_path / ".step-00000010.old").exists()
+
+
 def test_marks_name_the_kind_and_only_the_same_kind_is_replaced(tmp_path):
     out = tmp_path / "tok"
     with atomic_directory(out, kind="tokenizer") as tmp:

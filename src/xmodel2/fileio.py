@@ -53,6 +53,7 @@ def atomic_directory(path: str | os.PathLike, kind: str, overwrite: bool = True)
     that the next attempt removes), so readers only ever see complete folders.
     """
     path = Path(path)
+    _restore_interrupted_publish(path)
     check_replaceable(path, kind)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp"
@@ -87,6 +88,15 @@ def publish_directory(tmp: Path, path: Path) -> None:
         shutil.rmtree(old)
     else:
         os.replace(tmp, path)
+        fsync_directory(path.parent)
+
+
+def _restore_interrupted_publish(path: Path) -> None:
+    """A crash between `publish_directory`'s two renames leaves the old folder at `.NAME.old` and
+    nothing at NAME: put the old one back before anything decides what NAME holds."""
+    old = path.parent / f".{path.name}.old"
+    if old.is_dir() and not path.exists():
+        os.replace(old, path)
         fsync_directory(path.parent)
 
 
