@@ -9,7 +9,7 @@ from pathlib import Path
 
 HELP = """Benchmark training and decoding speed against transformers on identical shapes.
 
-Default shape (the scale-out issue's): hidden 512, 8 layers, 8 heads, 4 KV heads, ffn 1280,
+Default shape (a small model at scale-out proportions): hidden 512, 8 layers, 8 heads, 4 KV heads, ffn 1280,
 vocab 32,000, sequence 512, batch 8. Prints training tokens/s and MFU (eager and compiled),
 the measured fp32/bf16 matmul peaks, the step's matmul floor, prefill/decode tokens/s at batch
 1 and 8, and the ratios last; writes JSON. Takes several minutes on 2 CPU cores (compilation).

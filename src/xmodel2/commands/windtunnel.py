@@ -231,7 +231,7 @@ overrides), search.json (trials, parameter importances, timing), history.png and
 good_region.png (trials under a loss threshold over each pair of parameters).
 
 Cost: a default trial (120 steps of 16 x 64 tokens on nano) takes about 30 s of CPU time;
-measured 126 s wall per trial with 2 workers on 2 cores shared with other jobs. The report's
+measured 126 s wall per trial with 2 workers on 2 busy cores. The report's
 300 trials take about 1.5 hours with 2 workers on 2 idle cores (about 5 hours on a busy
 machine); pruned trials are cheaper."""
 

@@ -4,7 +4,7 @@ The report's decay stage mixes the stable stage's pretraining data with SFT data
 five categories). Here a decay mixture is derived from a run config: the pretraining sources of
 its decay stage keep their relative proportions scaled to `1 - sft_share`, and `sft_share` is
 spread over the SFT categories by `category_weights`. All amounts are shares of the decay
-stage's tokens (DESIGN §2: mixtures are stated in tokens), so `plan_stages` turns them into
+stage's tokens (mixtures are stated in tokens, never as file lists), so `plan_stages` turns them into
 token budgets. The SFT categories are sources named `sft-<category>`, prepared from the ChatML
 JSONL files that `xmodel2.data.sft.prepare_sft` writes.
 """

@@ -205,7 +205,7 @@ class ModelConfig:
 
 
 PRESET_SHAPES: dict[str, tuple[int, int, int, int, int]] = {
-    # name: (hidden, intermediate, layers, heads, kv heads), DESIGN §1
+    # name: (hidden, intermediate, layers, heads, kv heads); xl is the released Xmodel-2 1.2B
     "nano": (256, 640, 8, 4, 1),
     "micro": (384, 960, 12, 6, 1),
     "tiny": (512, 1280, 18, 8, 4),

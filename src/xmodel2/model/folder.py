@@ -1,4 +1,4 @@
-"""Model folders (DESIGN §2): config.json, model.safetensors, tokenizer files, generation_config.json.
+"""Model folders: config.json, model.safetensors, tokenizer files, generation_config.json.
 
 Every checkpoint is one of these. Weights are read only through safetensors (never unpickled).
 """

@@ -1,7 +1,7 @@
 """Inference weight formats: fp32, bf16, and weight-only int8 for fast decoding.
 
 Decoding one sequence is bound by reading the weights: each new token reads every matrix once
-(the issue-7 benchmark shape is 153 MB per token in fp32, which both we and transformers read
+(`xmodel2 bench`'s default shape is 153 MB per token in fp32, which both we and transformers read
 at 12-13 GB/s on the 2-core CPU). Storing the matrices as int8 with one scale per output row cuts
 the bytes four-fold, and torch's `_weight_int8pack_mm` CPU kernel multiplies bf16 activations
 by them without materialising a dequantised copy; there the benchmark decodes 4-5x faster than

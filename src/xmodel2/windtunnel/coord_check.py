@@ -7,7 +7,7 @@ batch, with no clipping, for several seeds. Forward hooks record, for each modul
 step t, the mean |x_t| and the mean |x_t - x_0|; the seed means are fitted on log-log axes
 against width (or depth).
 
-The rule (issue 4), applied to every arm alike:
+The rule, applied to every arm alike:
 
 * hidden modules: the embedding output after its multiplier, each block's q/k/v projections,
   attention output (o_proj, before the residual multiplier), MLP output (down_proj, likewise),
