@@ -36,7 +36,7 @@ def test_overrides_change_values():
     (["--train.steps=abc"], "--train.steps=abc: must be an integer, got 'abc'"),
     (["--model.hiden_size=64"], "unknown key model.hiden_size (did you mean 'hidden_size'?)"),
     (["--train.steps=100"], "--train.steps=100: train.steps=100 leaves no steps for stage 'stable'"),
-    (["--train.precision=fp16"], "--train.precision=fp16: must be bf16 or fp32, got 'fp16'"),
+    (["--train.precision=fp16"], "--train.precision=fp16: must be auto, bf16 or fp32, got 'fp16'"),
     (["--train.lr=nan"], "--train.lr=nan: must be a finite number > 0, got nan"),
     (["--train.beta2", "1"], "--train.beta2=1: must be a finite number in [0, 1), got 1"),
     (["--stages.0.mixture.math=-0.1"], "--stages.0.mixture.math=-0.1: must be a finite number >= 0"),

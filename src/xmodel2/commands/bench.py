@@ -26,7 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seq", type=int, default=512)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per figure (median)")
-    parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
+    parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                        help="auto: bf16 where this CPU runs bf16 matmuls fast, else fp32")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
     parser.add_argument("--prompt", type=int, default=64, help="prompt tokens for prefill/decode")
     parser.add_argument("--new-tokens", type=int, default=32, help="decoded tokens per prompt")
@@ -42,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from xmodel2.model.generate import generate_ids
     from xmodel2.model.mup import build_optimizer
     from xmodel2.model.quantize import convert_weights
-    from xmodel2.train.hardware import measure_matmul_flops
+    from xmodel2.train.hardware import measure_matmul_flops, resolve_precision
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -52,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
         config = shape.config()
     except (ValueError, TypeError) as exc:
         raise UserError(f"bad benchmark shape: {exc}") from None
+    args.precision = resolve_precision(args.precision, "cpu")
     dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
     result: dict = {"shape": vars(shape), "precision": args.precision, "torch": torch.__version__,
                     "threads": torch.get_num_threads(), "machine": platform.machine(),

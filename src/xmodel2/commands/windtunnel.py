@@ -145,7 +145,8 @@ def _add_lr_transfer(parser: argparse.ArgumentParser) -> None:
                         help="init std: μP's base std, SP's std for every matrix (default: %(default)s)")
     parser.add_argument("--vocab-size", type=int, default=2048,
                         help="tokenizer trained once into the cache (default: %(default)s)")
-    parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
+    parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                        help="auto: bf16 where this device runs bf16 matmuls fast, else fp32")
     parser.add_argument("--max-extensions", type=int, default=2,
                         help="octaves added per curve whose best LR sits on a grid edge "
                              "(default: %(default)s)")
@@ -251,7 +252,8 @@ def _add_search(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="nano", help="proxy model shape (default: %(default)s)")
     parser.add_argument("--vocab-size", type=int, default=2048,
                         help="tokenizer trained once into the cache (default: %(default)s)")
-    parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
+    parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                        help="auto: bf16 where this device runs bf16 matmuls fast, else fp32")
     parser.add_argument("--good-loss", type=float, default=None,
                         help="loss threshold of the good-region plot (default: the best quarter)")
     parser.add_argument("--seed", type=int, default=0)

@@ -4,6 +4,7 @@ allocator setting for large CPU tensors."""
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import statistics
 import sys
@@ -38,17 +39,28 @@ def pick_device(name: str = "auto", what: str = "train.device") -> torch.device:
 
 def measure_matmul_flops(dtype: torch.dtype, device: torch.device | str = "cpu", size: int = 1024,
                          repeats: int = 5, min_seconds: float = 0.05) -> float:
-    """Median FLOP/s of square `size` matmuls: the machine's practical peak for this dtype.
+    """Median FLOP/s of square matmuls: the machine's practical peak for this dtype.
 
     CPUs have no datasheet peak we can trust (AMX, turbo, shared cores), so MFU is stated
-    against what a large matmul achieves on this machine right now.
+    against what a large matmul achieves on this machine right now. The matrices grow from 256
+    up to `size` only while one product stays well under `min_seconds`: a CPU without native
+    bf16 (AVX2 only) runs bf16 products 50x slower than fp32, and a fixed 2048-wide product
+    would take 20 s each there.
     """
     device = torch.device(device)
-    a = torch.randn(size, size, device=device).to(dtype)
-    b = torch.randn(size, size, device=device).to(dtype)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    torch.matmul(a, b)
-    sync()
+    n = min(256, size)
+    while True:
+        a = torch.randn(n, n, device=device).to(dtype)
+        b = torch.randn(n, n, device=device).to(dtype)
+        torch.matmul(a, b)  # warm-up: first-call dispatch and allocation
+        sync()
+        start = time.perf_counter()
+        torch.matmul(a, b)
+        sync()
+        if 2 * n > size or time.perf_counter() - start > min_seconds / 8:
+            break
+        n *= 2
     rates = []
     for _ in range(repeats):
         count, start = 0, time.perf_counter()
@@ -59,8 +71,32 @@ def measure_matmul_flops(dtype: torch.dtype, device: torch.device | str = "cpu",
             elapsed = time.perf_counter() - start
             if elapsed >= min_seconds:
                 break
-        rates.append(2 * size**3 * count / elapsed)
+        rates.append(2 * n**3 * count / elapsed)
     return statistics.median(rates)
+
+
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def resolve_precision(precision: str, device: torch.device | str) -> str:
+    """"bf16" or "fp32" for a configured precision; "auto" takes bf16 autocast only where the
+    device runs bf16 matmuls at least about as fast as fp32 ones."""
+    if precision != "auto":
+        return precision
+    return "bf16" if _fast_bf16(torch.device(device).type) else "fp32"
+
+
+@functools.lru_cache(maxsize=None)
+def _fast_bf16(device_type: str) -> bool:
+    if device_type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device_type != "cpu":
+        return False
+    # Measured, not read off CPU flags: AVX512-BF16 and AMX make bf16 4x+ faster than fp32,
+    # while an AVX2-only CPU falls back to a scalar bf16 kernel about 50x slower.
+    bf16 = measure_matmul_flops(torch.bfloat16, "cpu", size=512, repeats=3, min_seconds=0.02)
+    fp32 = measure_matmul_flops(torch.float32, "cpu", size=512, repeats=3, min_seconds=0.02)
+    return bf16 >= 0.8 * fp32
 
 
 def keep_freed_memory_for_reuse() -> bool:
@@ -102,7 +138,7 @@ def training_step_bytes(config, micro_batch: int, seq_len: int, precision: str,
     activation checkpointing, plus one block recomputed); the logits and their gradient in fp32.
     """
     tokens = micro_batch * seq_len
-    per_layer = tokens * config.hidden_size * ACTIVATION_BYTES_PER_HIDDEN[precision]
+    per_layer = tokens * config.hidden_size * ACTIVATION_BYTES_PER_HIDDEN.get(precision, 68)
     if activation_checkpointing:
         activations = tokens * config.hidden_size * 4 * config.num_layers + per_layer
     else:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import math
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -30,7 +30,7 @@ from xmodel2.model.mup import build_optimizer
 from xmodel2.train import distributed, flops
 from xmodel2.train.checkpoint import STATE_FILE, latest_checkpoint
 from xmodel2.train.dist_checkpoint import newest_resumable_checkpoint, restore_optimizer
-from xmodel2.train.hardware import measure_matmul_flops, pick_device
+from xmodel2.train.hardware import measure_matmul_flops, pick_device, resolve_precision
 from xmodel2.train.metrics import MetricsLogger, Progress
 from xmodel2.train.runconfig import RunConfig, model_config
 from xmodel2.train.schedule import BatchSchedule, WSDSchedule, accumulation_steps
@@ -277,6 +277,8 @@ def run_pretraining(run: RunConfig, out_dir: str | Path, init_from: str | Path |
 def _run(run: RunConfig, out_dir: Path, init_from: str | Path | None, show_progress: bool,
          device: torch.device) -> RunResult:
     world, rank = distributed.world_size(), distributed.rank()
+    # "auto" is settled once, here, so the run folder records the precision the run used.
+    run = replace(run, train=replace(run.train, precision=resolve_precision(run.train.precision, device)))
     if distributed.is_distributed() and world > 1 and run.parallel.strategy == "none":
         raise UserError(f"parallel.strategy=none cannot train on {world} ranks; use ddp or fsdp")
     check_run(run, out_dir, init_from, device, world)

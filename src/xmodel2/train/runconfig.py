@@ -81,7 +81,8 @@ class TrainSection:
     micro_batch_size: int = bounded(16, at_least=1)
     # [[from_step, sequences], ...]
     batch_schedule: list[list[int]] | None = bounded(None, at_least=0)
-    precision: str = one_of("bf16", "fp32")  # bf16 autocast or fp32
+    # bf16 autocast, fp32, or auto: bf16 where the device runs bf16 matmuls about as fast as fp32
+    precision: str = one_of("auto", "bf16", "fp32")
     device: str = "auto"
     compile: bool = False
     optimizer_impl: str = one_of("fused", "foreach", "for-loop")

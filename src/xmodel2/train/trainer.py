@@ -26,6 +26,7 @@ from xmodel2.model.mup import set_learning_rate
 from xmodel2.model.transformer import Transformer
 from xmodel2.train.checkpoint import TrainingState, save_checkpoint
 from xmodel2.train.dist_checkpoint import save_sharded_checkpoint
+from xmodel2.train.hardware import resolve_precision
 from xmodel2.train.distributed import (LossModule, all_reduce_mean, clip_grad_norm, gradient_sync,
                                        is_distributed)
 
@@ -51,7 +52,7 @@ class LoopSettings:
 
 
 def autocast_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    if precision == "bf16":
+    if resolve_precision(precision, device) == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 

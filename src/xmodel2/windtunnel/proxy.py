@@ -29,6 +29,7 @@ from typing import Callable, Iterator, Sequence
 
 from xmodel2.errors import UserError
 from xmodel2.model.config import ModelConfig, MupConfig
+from xmodel2.train.hardware import PRECISIONS
 
 # The stable-stage mixture of the embedded default config (configs/default.yaml).
 DEFAULT_MIXTURE: tuple[tuple[str, float], ...] = (
@@ -60,7 +61,7 @@ class ProxySettings:
     decay_halvings: float = 5.0  # the LR halves this many times over the decay (MiniCPM-like)
     weight_decay: float = 0.1
     grad_clip: float = 1.0
-    precision: str = "bf16"
+    precision: str = "auto"
     val_sequences: int = 64
     eval_every: int = 0  # intermediate validations for the report callback; 0: final only
     seed: int = 0
@@ -73,8 +74,8 @@ class ProxySettings:
         fractions = (self.warmup_fraction, self.decay_fraction)
         if min(fractions) < 0 or sum(fractions) > 1:
             raise UserError("proxy warmup and decay fractions must be >= 0 and add up to at most 1")
-        if self.precision not in ("bf16", "fp32"):
-            raise UserError(f"precision must be bf16 or fp32, got {self.precision!r}")
+        if self.precision not in PRECISIONS:
+            raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.eval_every < 0:
             raise UserError(f"eval_every must be >= 0, got {self.eval_every}")
         if not self.mixture or any(share <= 0 for _, share in self.mixture):
