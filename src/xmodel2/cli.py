@@ -3,7 +3,8 @@
 Each subcommand lives in `xmodel2.commands.<module>` and exposes `HELP`, `add_arguments(parser)`
 and `run(args) -> int`; heavy imports happen inside `run` so `xmodel2 --help` stays instant.
 Any `UserError`, bad usage, or `OSError` on a path the user named becomes one line,
-`xmodel2: error: ...`, and exit status 2.
+`xmodel2: error: ...`, and exit status 2. A subcommand whose module fails to import is an
+error naming it and the cause (exit status 1), never a command missing from the help.
 """
 
 from __future__ import annotations
@@ -43,18 +44,28 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"xmodel2: error: {command + ': ' if command else ''}{message}\n")
 
 
+class CommandLoadError(Exception):
+    """A subcommand's module does not import: a broken or incomplete install, not bad input.
+    No command is ever left out of the program quietly."""
+
+
+def load_command(name: str, module_name: str):
+    """The module of subcommand `name`; CommandLoadError naming the command and the cause."""
+    qualified = f"xmodel2.commands.{module_name}"
+    try:
+        return importlib.import_module(qualified)
+    except Exception as exc:  # any failure at import time breaks the command the same way
+        raise CommandLoadError(f"command {name!r} ({qualified}) failed to load: "
+                               f"{type(exc).__name__}: {exc}") from exc
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="xmodel2", description="Build Xmodel-2-style μP language models end to end.")
     parser.add_argument("--version", action="version", version=f"xmodel2 {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module_name in COMMANDS.items():
-        try:
-            module = importlib.import_module(f"xmodel2.commands.{module_name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"xmodel2.commands.{module_name}":
-                continue  # not built yet
-            raise
+        module = load_command(name, module_name)
         summary = module.HELP.strip().splitlines()[0].replace("%", "%%")  # argparse %-formats help
         command = sub.add_parser(name, help=summary, description=module.HELP,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -64,7 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    try:
+        parser = build_parser()
+    except CommandLoadError as exc:
+        # Exit 1, not the usage status 2: the install is at fault, not the command line.
+        print(f"xmodel2: error: {exc}", file=sys.stderr)
+        return 1
     args, extra = parser.parse_known_args(argv)
     if getattr(args, "handler", None) is None:
         parser.print_help()
