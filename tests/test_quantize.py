@@ -3,19 +3,19 @@
 
 import gzip
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
 from eval_fixtures import smollm2_dir  # noqa: F401  (session fixture)
+from xmodel2.data.corpus import CORPUS_DIR
 from xmodel2.model.config import ModelConfig
 from xmodel2.model.folder import build_model, load_model_folder
 from xmodel2.model.generate import generate_ids
 from xmodel2.model.quantize import Int8Linear, convert_weights
 from xmodel2.train.loss import per_token_loss
 
-WIKI_TEST = Path(__file__).resolve().parents[1] / "data" / "corpus" / "wiki-test.jsonl.gz"
+WIKI_TEST = CORPUS_DIR / "wiki-test.jsonl.gz"
 
 
 def small_model(tied=True):

@@ -133,7 +133,7 @@ def test_eval_accuracy_reads_xmodel2_eval_results(setup, tmp_path):
     from xmodel2.train.checkpoint import latest_checkpoint
 
     _, out, _ = setup
-    task = Path(__file__).resolve().parents[1] / "data" / "eval" / "arc_easy.jsonl"
+    task = BUNDLED_DIR.parent / "eval" / "arc_easy.jsonl"
     value = eval_accuracy(latest_checkpoint(out / "stable"), str(task), 4, tmp_path / "eval.json")
     results = json.loads((tmp_path / "eval.json").read_text())["results"]
     assert value == next(r["value"] for r in results if r["metric"] == "acc")

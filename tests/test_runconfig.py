@@ -2,7 +2,6 @@
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -15,7 +14,7 @@ from xmodel2.train.runconfig import DEFAULT_CONFIG, load_run_config, model_confi
 def test_default_config_loads_and_resolves():
     run = load_run_config(None, [])
     assert run.stage_steps() == [run.train.steps - 120, 120]
-    assert Path(run.resolve_path("data/corpus")).name == "corpus"
+    assert run.resolve_path("corpus/wiki-train.jsonl.gz").is_file()  # shipped in the package
     config = model_config(run, vocab_size=4096)
     assert (config.hidden_size, config.num_layers, config.vocab_size) == (256, 8, 4096)
     schedule = lr_schedule(run)

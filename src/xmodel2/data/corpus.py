@@ -1,4 +1,6 @@
-"""Where the bundled corpus lives (data/corpus/ in a source checkout); see data/SOURCES.md."""
+"""Where the bundled data lives: `xmodel2/bundled/` inside the package (the corpus, evaluation
+samples and the default SFT set; sources and licences in its SOURCES.md), so that an installed
+wheel carries it as well as a source checkout."""
 
 from __future__ import annotations
 
@@ -6,7 +8,8 @@ from pathlib import Path
 
 from xmodel2.errors import UserError
 
-CORPUS_DIR = Path(__file__).resolve().parents[3] / "data" / "corpus"
+BUNDLED_ROOT = Path(__file__).resolve().parents[1] / "bundled"
+CORPUS_DIR = BUNDLED_ROOT / "corpus"
 # training parts; wiki-validation and wiki-test are held out for evaluation
 TRAIN_PARTS = ("wiki-train", "shakespeare", "python-docs", "python-code", "math")
 HELD_OUT_PARTS = ("wiki-validation", "wiki-test")

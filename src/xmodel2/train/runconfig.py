@@ -14,6 +14,7 @@ from typing import Any
 
 from xmodel2.configfile import (apply_overrides, bounded, load_sections, one_of, override_texts,
                                 read_yaml, to_plain)
+from xmodel2.data.corpus import BUNDLED_ROOT
 from xmodel2.errors import UserError
 from xmodel2.model.config import ModelConfig, MupConfig, preset, reject_unknown_keys
 from xmodel2.tokenizer.train import MAX_VOCAB_SIZE, MIN_VOCAB_SIZE
@@ -261,7 +262,7 @@ def run_config_from_dict(data: dict) -> RunConfig:
 
 
 def _base_dir_for(path: Path) -> Path:
-    # The embedded default names the repository's bundled corpus (data/corpus/...).
+    # The embedded default names the bundled corpus (corpus/...), shipped inside the package.
     if path.resolve() == DEFAULT_CONFIG.resolve():
-        return PACKAGE_CONFIGS.parents[2]
+        return BUNDLED_ROOT
     return path.resolve().parent
