@@ -215,6 +215,27 @@ def test_finish_prints_sample_perplexity_and_plot(config_path, tmp_path, capsys)
     assert state.step == 12 and state.tokens == 12 * 8 * 32
 
 
+# The embedded default's way of stating lengths: fractions of train.steps and halvings of the decay.
+AS_FRACTIONS = ("--stages.1.steps=0.2", "--train.warmup_steps=0.0667", "--stages.1.decay.half_life=null",
+                "--stages.1.decay.halvings=5", "--train.micro_batch_size=auto")
+
+
+@pytest.mark.parametrize("steps, stable, warmup", [(2, 1, 0), (16, 13, 1)])
+def test_train_steps_alone_scales_a_run_of_fractions(config_path, tmp_path, steps, stable, warmup):
+    out = fresh_out(config_path, tmp_path, f"steps-{steps}")
+    assert pretrain(config_path, out, *AS_FRACTIONS, f"--train.steps={steps}") == 0
+    recorded = json.loads((out / "run_config.json").read_text())
+    assert [stage["steps"] for stage in recorded["stages"]] == [stable, steps - stable]
+    assert recorded["stages"][1]["decay"]["half_life"] == pytest.approx((steps - stable) / 5)
+    assert (recorded["train"]["warmup_steps"], recorded["train"]["micro_batch_size"]) == (warmup, 8)
+    state = json.loads((latest_checkpoint(out) / "trainer_state.json").read_text())
+    assert state["step"] == steps and state["tokens"] == steps * 8 * 32
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    last = next(r for r in records if r["step"] == steps and "lr_groups" in r)
+    decay = steps - stable  # the LR halves 5 times over the decay, whatever its length
+    assert last["stage"] == "decay" and last["lr"] == pytest.approx(0.01 * 0.5 ** ((decay - 1) / (decay / 5)))
+
+
 def load_model_for(out: Path):
     from xmodel2.model.folder import load_model_folder
 
@@ -232,9 +253,8 @@ def test_batch_size_schedule_by_gradient_accumulation(config_path, tmp_path):
 def test_prompt_masking_trains_on_assistant_tokens_only(config_path, tmp_path):
     from xmodel2.data.mixture import MixtureDataset, SourceSpec
     from xmodel2.data.prepare import prepare
-    from xmodel2.data.sft_mask import shard_assistant_mask
+    from xmodel2.data.sft_mask import IGNORE_INDEX, shard_assistant_mask
     from xmodel2.tokenizer import load_tokenizer
-    from xmodel2.train.loss import IGNORE_INDEX
 
     tokenizer = load_tokenizer(config_path.parent / "warm" / "tokenizer")
     chats = [[{"role": "user", "content": f"What is {a} plus {a}?"},

@@ -4,7 +4,8 @@ import math
 
 import pytest
 
-from xmodel2.train.schedule import BatchSchedule, WSDSchedule, accumulation_steps, wsd_factor
+from xmodel2.train.schedule import (BatchSchedule, StageSplitError, WSDSchedule, accumulation_steps,
+                                    largest_micro_batch, length_steps, split_steps, wsd_factor)
 
 
 def make(shape, **kw):
@@ -79,3 +80,55 @@ def test_accumulation_steps():
         accumulation_steps(30, 8)
     with pytest.raises(ValueError):
         BatchSchedule(((5, 8),))
+
+
+# ---- stage lengths -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("lengths", [
+    [None, 0.2],  # the embedded default: stable takes the rest, decay a fifth
+    [0.8, 0.2],  # every stage a fraction: the longest absorbs the rounding
+    [0.1, None, 0.25],
+    [0.5, 0.3, 0.2],
+    [1, None, 0.2],
+])
+def test_every_run_length_splits_into_stages_of_at_least_one_step(lengths):
+    for total in range(len(lengths), 1001):
+        steps = split_steps(total, lengths)
+        assert sum(steps) == total and min(steps) >= 1, (total, steps)
+        for value, n in zip(lengths, steps):
+            if value == 1:
+                assert n == 1  # a whole number counts steps, even 1
+            elif value is not None:
+                assert abs(n - value * total) <= len(lengths)  # within rounding of the fraction
+
+
+def test_fractions_round_to_the_nearest_step_halves_up_exactly():
+    assert [length_steps(0.5, n) for n in (1, 3, 5)] == [1, 2, 3]  # halves up, not to even
+    assert length_steps(0.15, 10) == 2  # 1.5 as written, although the float 0.15 lies below 0.15
+    assert length_steps(0.0667, 600) == 40 and length_steps(40, 600) == 40
+    assert split_steps(2, [None, 0.2]) == [1, 1]  # 0.4 steps: at least one
+    assert split_steps(600, [None, 0.2]) == [480, 120]
+    assert split_steps(10, [0.3333, 0.3333, 0.3334]) == [3, 3, 4]
+    assert split_steps(600, [100, 380, 120]) == [100, 380, 120]
+
+
+@pytest.mark.parametrize("total, lengths, message", [
+    (1, [None, 0.2], "train.steps=1 leaves no steps for stage 0 after the other stages' 1"),
+    (10, [None, None], "stages: at most one stage may leave `steps` unset"),
+    (10, [0.5, 0.4], "stages add up to 9 steps but train.steps=10"),
+    (10, [4, 5], "stages add up to 9 steps but train.steps=10"),
+    (10, [None, 1.5], "stages.1.steps: must be a whole number of steps >= 1 or a fraction"),
+    (10, [0, None], "stages.0.steps: must be"),
+    (3, [0.25, 0.25, 0.25, 0.25], "train.steps=3 leaves no steps for stage 0 after the other stages' 3"),
+])
+def test_stage_lengths_that_cannot_split_the_run_are_refused(total, lengths, message):
+    with pytest.raises(StageSplitError) as info:
+        split_steps(total, lengths)
+    assert str(info.value).startswith(message)
+
+
+def test_largest_micro_batch_divides_every_batch_and_fits():
+    assert largest_micro_batch([16], lambda m: True) == 16
+    assert largest_micro_batch([16], lambda m: m <= 5) == 4
+    assert largest_micro_batch([12, 18], lambda m: True) == 6
+    assert largest_micro_batch([7], lambda m: False) == 1

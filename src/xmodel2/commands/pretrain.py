@@ -13,8 +13,10 @@ HELP = """Pretrain a model: tokenizer, shards, then the stable and decay stages.
 With no arguments it runs the embedded default (a nano-class μP model on the bundled corpus,
 on CPU, in minutes) and ends with a sample, held-out perplexity and OUT/loss.png.
 Any config key can be overridden: --train.steps=2000 --train.seed=1 --checkpoint.every=100
---train.lr=0.02 --model.preset=tiny --data.seq_len=512 ... Re-running the same command resumes
-from the newest complete checkpoint in OUT/checkpoints/.
+--train.lr=0.02 --model.preset=tiny --data.seq_len=512 ... The default's stages, warmup and decay
+half-life are fractions of the run, so --train.steps=N alone scales it (any N >= 2), and its
+micro-batch (train.micro_batch_size: auto) follows the global batch and the number of ranks.
+Re-running the same command resumes from the newest complete checkpoint in OUT/checkpoints/.
 """
 
 
@@ -62,9 +64,11 @@ def finish(run_config, result) -> None:
     from xmodel2.model.folder import load_model_folder
     from xmodel2.train.hardware import pick_device
     from xmodel2.train.plots import plot_loss_curve
-    from xmodel2.train.run import held_out_perplexity
+    from xmodel2.train.run import held_out_perplexity, settle_micro_batch
 
     device = pick_device(run_config.train.device)
+    # The held-out text is scored in micro-batches, here in this one process.
+    run_config = settle_micro_batch(run_config, device, out_dir=result.out_dir)
     model = load_model_folder(result.final_checkpoint, device=device)
     if result.val_loss_end is not None:
         start = f"{result.val_loss_start:.3f} → " if result.val_loss_start is not None else ""

@@ -32,8 +32,8 @@ from xmodel2.train.checkpoint import STATE_FILE, latest_checkpoint
 from xmodel2.train.dist_checkpoint import newest_resumable_checkpoint, restore_optimizer
 from xmodel2.train.hardware import measure_matmul_flops, pick_device, resolve_precision
 from xmodel2.train.metrics import MetricsLogger, Progress
-from xmodel2.train.runconfig import RunConfig, model_config
-from xmodel2.train.schedule import BatchSchedule, WSDSchedule, accumulation_steps
+from xmodel2.train.runconfig import REPORT_HALF_LIFE, RunConfig, model_config
+from xmodel2.train.schedule import BatchSchedule, WSDSchedule, accumulation_steps, largest_micro_batch
 from xmodel2.train.trainer import LoopSettings, Trainer, evaluate_loss
 
 
@@ -115,12 +115,7 @@ def check_run(run: RunConfig, out_dir: Path, init_from: str | Path | None, devic
     if run.data.seq_len > config.max_position_embeddings:
         raise UserError(f"data.seq_len={run.data.seq_len} exceeds the model's context "
                         f"(model.max_position_embeddings={config.max_position_embeddings})")
-    for _, size in batch_schedule(run).segments:
-        try:
-            accumulation_steps(size, run.train.micro_batch_size, world)
-        except ValueError:
-            raise UserError(f"train.batch_size: a global batch of {size} sequences does not split into "
-                            f"micro-batches of {run.train.micro_batch_size} on {world} rank(s)") from None
+    run = _settled_micro_batch(run, config, device, world)
     if init_from is not None and latest_checkpoint(out_dir) is None:
         _check_is_checkpoint(Path(init_from))
     for path in training_inputs(run) + _held_out_inputs(run):
@@ -132,14 +127,14 @@ def check_run(run: RunConfig, out_dir: Path, init_from: str | Path | None, devic
         check_resume_matches(own, run)
 
 
-def _expected_vocab_size(run: RunConfig, out_dir: Path) -> int:
+def _expected_vocab_size(run: RunConfig, out_dir: Path | None) -> int:
     """The vocabulary the model will get: the given or already trained tokenizer's, else the
     configured size of the one to train (which may come out smaller, never larger)."""
     from xmodel2.tokenizer import load_tokenizer
 
     if run.tokenizer.path:
         return load_tokenizer(run.resolve_path(run.tokenizer.path)).vocab_size
-    if (out_dir / "tokenizer" / "tokenizer.model").is_file():
+    if out_dir is not None and (out_dir / "tokenizer" / "tokenizer.model").is_file():
         return load_tokenizer(out_dir / "tokenizer").vocab_size
     return run.tokenizer.vocab_size
 
@@ -156,12 +151,73 @@ def _check_is_checkpoint(path: Path) -> None:
                         "folder under a run's checkpoints/")
 
 
-def _check_memory(run: RunConfig, config: ModelConfig, device: torch.device, world: int) -> None:
-    from xmodel2.train.hardware import available_memory, training_step_bytes
+def settle_micro_batch(run: RunConfig, device: torch.device, world: int = 1,
+                       out_dir: Path | None = None) -> RunConfig:
+    """`run` with `train.micro_batch_size: auto` settled for `world` ranks on `device` (an explicit
+    size is kept); the split of the global batch is checked either way. `out_dir` is the run
+    folder, whose trained tokenizer (if any) gives the vocabulary the memory estimate counts."""
+    return _settled_micro_batch(run, model_config(run, _expected_vocab_size(run, out_dir)), device, world)
+
+
+def _settled_micro_batch(run: RunConfig, config: ModelConfig, device: torch.device, world: int) -> RunConfig:
+    from xmodel2.train.hardware import available_memory
+
+    if run.train.micro_batch_size == "auto":
+        size = auto_micro_batch(run, config, world, available_memory(device))
+        # Ranks may see different free memory; all must split the batch alike, so rank 0 decides.
+        size = int(distributed.all_reduce_sum(size if distributed.rank() == 0 else 0, device))
+        run = replace(run, train=replace(run.train, micro_batch_size=size))
+    _check_split(run, world)
+    return run
+
+
+# A micro-batch chosen for the user fills at most this share of the free memory: the estimate is a
+# lower bound, and allocator slack, temporaries and other processes need the rest.
+AUTO_MEMORY_SHARE = 0.5
+
+
+def auto_micro_batch(run: RunConfig, config: ModelConfig, world: int, available: int | None) -> int:
+    """The micro-batch that `auto` means: the largest divisor of every per-rank batch (the global
+    batch, or each size of the batch schedule, over `world` ranks) whose estimated step memory
+    fits in AUTO_MEMORY_SHARE of `available` bytes (any size fits when that is unknown). Fewer,
+    larger micro-batches per step run the same sequences with less per-call overhead."""
+    sizes = [size for _, size in batch_schedule(run).segments]
+    for size in sizes:
+        if size % world:
+            raise UserError(f"train.batch_size: a global batch of {size} sequences does not split "
+                            f"evenly over {world} ranks")
+
+    def fits(micro: int) -> bool:
+        if available is None:
+            return True
+        return sum(_step_bytes(run, config, micro, world).values()) <= AUTO_MEMORY_SHARE * available
+
+    return largest_micro_batch([size // world for size in sizes], fits)
+
+
+def _check_split(run: RunConfig, world: int) -> None:
+    micro = run.train.micro_batch_size
+    for _, size in batch_schedule(run).segments:
+        try:
+            accumulation_steps(size, micro, world)
+        except ValueError:
+            raise UserError(f"train.micro_batch_size={micro}: a global batch of {size} sequences does not "
+                            f"split into micro-batches of {micro} on {world} rank(s); "
+                            "use a divisor of batch_size / ranks, or auto") from None
+
+
+def _step_bytes(run: RunConfig, config: ModelConfig, micro: int, world: int) -> dict[str, int]:
+    from xmodel2.train.hardware import training_step_bytes
 
     shards = world if run.parallel.strategy == "fsdp" else 1
-    parts = training_step_bytes(config, run.train.micro_batch_size, run.data.seq_len, run.train.precision,
-                                run.parallel.activation_checkpointing, shards)
+    return training_step_bytes(config, micro, run.data.seq_len, run.train.precision,
+                               run.parallel.activation_checkpointing, shards)
+
+
+def _check_memory(run: RunConfig, config: ModelConfig, device: torch.device, world: int) -> None:
+    from xmodel2.train.hardware import available_memory
+
+    parts = _step_bytes(run, config, run.train.micro_batch_size, world)
     needed, available = sum(parts.values()), available_memory(device)
     if available is None or needed <= available:
         return
@@ -211,18 +267,18 @@ def batch_schedule(run: RunConfig) -> BatchSchedule:
 
 
 def lr_schedule(run: RunConfig) -> WSDSchedule:
-    steps = run.stage_steps()
-    decay_start, decay = run.train.steps, None
+    """Warmup (capped at the first decay step), then the first decay stage's curve to the end."""
+    decay_start, decay, decay_steps = run.train.steps, None, 0
     start = 0
-    for stage, n in zip(run.stages, steps):
+    for stage, n in zip(run.stages, run.stage_steps()):
         if stage.decay is not None:
-            decay_start, decay = start, stage.decay
+            decay_start, decay, decay_steps = start, stage.decay, n
             break
         start += n
-    return WSDSchedule(warmup_steps=min(run.train.warmup_steps, decay_start), decay_start=decay_start,
+    return WSDSchedule(warmup_steps=min(run.warmup_steps(), decay_start), decay_start=decay_start,
                        total_steps=run.train.steps,
                        shape=decay.shape if decay else "exponential",
-                       half_life=decay.half_life if decay else 5000.0,
+                       half_life=decay.half_life_steps(decay_steps) if decay else REPORT_HALF_LIFE,
                        floor=decay.floor if decay else 0.0)
 
 
@@ -277,8 +333,9 @@ def run_pretraining(run: RunConfig, out_dir: str | Path, init_from: str | Path |
 def _run(run: RunConfig, out_dir: Path, init_from: str | Path | None, show_progress: bool,
          device: torch.device) -> RunResult:
     world, rank = distributed.world_size(), distributed.rank()
-    # "auto" is settled once, here, so the run folder records the precision the run used.
+    # "auto" is settled once, here, so the run folder records the precision and micro-batch used.
     run = replace(run, train=replace(run.train, precision=resolve_precision(run.train.precision, device)))
+    run = settle_micro_batch(run, device, world, out_dir)
     if distributed.is_distributed() and world > 1 and run.parallel.strategy == "none":
         raise UserError(f"parallel.strategy=none cannot train on {world} ranks; use ddp or fsdp")
     check_run(run, out_dir, init_from, device, world)

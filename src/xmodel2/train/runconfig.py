@@ -8,6 +8,7 @@ its own mixture stated in tokens (or shares of the stage's tokens) per source.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,8 @@ from xmodel2.data.corpus import BUNDLED_ROOT
 from xmodel2.errors import UserError
 from xmodel2.model.config import ModelConfig, MupConfig, preset, reject_unknown_keys
 from xmodel2.tokenizer.train import MAX_VOCAB_SIZE, MIN_VOCAB_SIZE
-from xmodel2.train.schedule import DECAY_SHAPES, BatchSchedule
+from xmodel2.train.schedule import (DECAY_SHAPES, BatchSchedule, StageSplitError, is_length, length_steps,
+                                    split_steps)
 
 PACKAGE_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 DEFAULT_CONFIG = PACKAGE_CONFIGS / "default.yaml"
@@ -50,11 +52,23 @@ class DataSection:
     workers: int = bounded(2, at_least=1)
 
 
+REPORT_HALF_LIFE = 5000.0  # steps: the report's exponential decay
+
+
 @dataclass
 class DecaySection:
     shape: str = one_of(*DECAY_SHAPES)
-    half_life: float = bounded(5000.0, above=0)  # steps, exponential shape only (the report: 5000)
+    # The exponential shape's half-life, in steps or as `halvings` (at most one of them): the LR
+    # halves that many times over the stage, so the curve keeps its shape when the stage is
+    # shorter or longer. Neither: the report's 5000 steps.
+    half_life: float | None = bounded(None, above=0)
+    halvings: float | None = bounded(None, above=0)
     floor: float = bounded(0.0, at_least=0, at_most=1)  # a fraction of the peak LR
+
+    def half_life_steps(self, stage_steps: int) -> float:
+        if self.halvings is not None:
+            return stage_steps / self.halvings
+        return self.half_life if self.half_life is not None else REPORT_HALF_LIFE
 
 
 @dataclass
@@ -62,7 +76,9 @@ class StageSection:
     name: str
     # source -> tokens (> 1) or share of the stage's tokens (<= 1)
     mixture: dict[str, float] = bounded(at_least=0)
-    steps: int | None = bounded(None, at_least=1)  # None: what train.steps leaves after the others
+    # A whole number of steps, or a fraction of train.steps in (0, 1) (see `split_steps` for the
+    # rounding); None: what train.steps leaves after the other stages
+    steps: int | float | None = bounded(None, above=0)
     decay: DecaySection | None = None
     max_repeats: float = bounded(4.0, above=0)
 
@@ -72,14 +88,16 @@ class TrainSection:
     steps: int = bounded(600, at_least=1)
     seed: int = bounded(0, at_least=0, below=2**63)  # torch.manual_seed takes 64 bits
     lr: float = bounded(0.01, above=0)
-    warmup_steps: int = bounded(50, at_least=0)
+    warmup_steps: int | float = bounded(50, at_least=0)  # steps, or a fraction of train.steps in (0, 1)
     weight_decay: float = bounded(0.1, at_least=0)
     beta1: float = bounded(0.9, at_least=0, below=1)
     beta2: float = bounded(0.95, at_least=0, below=1)
     eps: float = bounded(1e-8, above=0)  # 0 divides by zero where a gradient's second moment is 0
     grad_clip: float = bounded(1.0, at_least=0)  # 0: no clipping
     batch_size: int = bounded(16, at_least=1)  # global batch in sequences
-    micro_batch_size: int = bounded(16, at_least=1)
+    # sequences per rank per forward/backward; auto: derived from the global batch, the number of
+    # ranks and the device's memory when the run starts (see train.run.settle_micro_batch)
+    micro_batch_size: int | str = bounded("auto", at_least=1)
     # [[from_step, sequences], ...]
     batch_schedule: list[list[int]] | None = bounded(None, at_least=0)
     # bf16 autocast, fp32, or auto: bf16 where the device runs bf16 matmuls about as fast as fp32
@@ -131,18 +149,15 @@ class RunConfig:
         return to_plain(self)
 
     def stage_steps(self) -> list[int]:
-        """Steps of each stage; the one stage without `steps` takes the remainder."""
-        fixed = sum(s.steps for s in self.stages if s.steps is not None)
-        open_stages = [s for s in self.stages if s.steps is None]
-        if len(open_stages) > 1:
-            raise UserError("stages: at most one stage may leave `steps` unset")
-        remainder = self.train.steps - fixed
-        if open_stages and remainder <= 0:
-            raise UserError(f"train.steps={self.train.steps} leaves no steps for stage "
-                            f"{open_stages[0].name!r} after the other stages' {fixed}")
-        if not open_stages and fixed != self.train.steps:
-            raise UserError(f"stages add up to {fixed} steps but train.steps={self.train.steps}")
-        return [s.steps if s.steps is not None else remainder for s in self.stages]
+        """Steps of each stage, adding up to train.steps (fractions rounded as `split_steps` says)."""
+        try:
+            return split_steps(self.train.steps, [stage.steps for stage in self.stages],
+                               [stage.name for stage in self.stages])
+        except StageSplitError as exc:
+            raise UserError(str(exc)) from None
+
+    def warmup_steps(self) -> int:
+        return length_steps(self.train.warmup_steps, self.train.steps)
 
     def resolve_path(self, path: str) -> Path:
         p = Path(path).expanduser()
@@ -180,7 +195,37 @@ def validate(run: RunConfig) -> None:
                                 "and may not enter a training mixture")
         _check_mixture(index, stage.mixture)
     _check_batch_schedule(run.train.batch_schedule)
+    _check_lengths(run)
+    micro = run.train.micro_batch_size
+    if isinstance(micro, str) and micro != "auto":
+        raise UserError(f"train.micro_batch_size: must be an integer >= 1 or auto, got {micro!r}")
+
+
+def _check_lengths(run: RunConfig) -> None:
+    if not is_length(run.train.warmup_steps):
+        raise UserError(f"train.warmup_steps: must be a whole number of steps or a fraction of "
+                        f"train.steps in (0, 1), got {run.train.warmup_steps}")
     run.stage_steps()
+    for index, stage in enumerate(run.stages):
+        decay = stage.decay
+        if decay is not None and decay.half_life is not None and decay.halvings is not None:
+            raise UserError(f"stages.{index}.decay: give half_life (steps) or halvings, not both "
+                            f"(half_life={decay.half_life:g}, halvings={decay.halvings:g}); set the "
+                            "other to null to override one")
+
+
+def settle_lengths(run: RunConfig) -> RunConfig:
+    """A copy of `run` with every length in steps: stage fractions, a warmup fraction and
+    `halvings` are settled against train.steps once, so the run folder records the steps the run
+    used and code that edits a run config reads plain step counts."""
+    settled = copy.deepcopy(run)
+    settled.train.warmup_steps = run.warmup_steps()
+    for stage, steps in zip(settled.stages, run.stage_steps()):
+        stage.steps = steps
+        if stage.decay is not None:
+            stage.decay.half_life = stage.decay.half_life_steps(steps)
+            stage.decay.halvings = None
+    return settled
 
 
 def _check_mixture(index: int, mixture: dict[str, float]) -> None:
@@ -222,7 +267,7 @@ def load_run_config(path: str | Path | None, overrides: list[str],
         validate(run)
     except UserError as exc:
         raise _blamed(exc, blame) from None
-    return run
+    return settle_lengths(run)
 
 
 def _blamed(error: UserError, overrides: dict[str, str]) -> UserError:
@@ -258,7 +303,7 @@ def _dotted_keys(data: dict, prefix: str = "") -> set[str]:
 def run_config_from_dict(data: dict) -> RunConfig:
     run = load_sections(RunConfig, data)
     validate(run)
-    return run
+    return settle_lengths(run)
 
 
 def _base_dir_for(path: Path) -> Path:

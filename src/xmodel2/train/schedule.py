@@ -12,7 +12,9 @@ learning rate by it, so μP's per-group ratios hold at every step.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 
 DECAY_SHAPES = ("exponential", "linear", "cosine", "1-sqrt")
 
@@ -116,3 +118,71 @@ def accumulation_steps(global_batch: int, micro_batch: int, world_size: int = 1)
         raise ValueError(f"global batch {global_batch} does not split into micro-batches of "
                          f"{micro_batch} on {world_size} rank(s)")
     return per_rank // micro_batch
+
+
+def largest_micro_batch(per_rank_batches: Sequence[int], fits: Callable[[int], bool]) -> int:
+    """The largest micro-batch that divides every per-rank batch and for which `fits` holds;
+    1 when none does (a memory check then says what one sequence needs)."""
+    common = math.gcd(*per_rank_batches)
+    for size in range(common, 0, -1):
+        if common % size == 0 and fits(size):
+            return size
+    return 1
+
+
+# ---- lengths: a whole number of steps or a fraction of a total --------------------------------------
+
+def is_length(value: float) -> bool:
+    """A length is a whole number of steps (>= 0) or a fraction in (0, 1); 1 is one step."""
+    return value >= 0 and (float(value).is_integer() or value < 1)
+
+
+def length_steps(value: float, total: int) -> int:
+    """Whole steps of a length: itself, or `value * total` rounded to the nearest step, halves up.
+
+    The fraction is read as the decimal the user wrote (0.15 is 15/100, not the binary float
+    below it), so the rounding of a half is exact and the same on every machine.
+    """
+    if float(value).is_integer():
+        return int(value)
+    return math.floor(Fraction(str(value)) * total + Fraction(1, 2))
+
+
+class StageSplitError(ValueError):
+    """Stage lengths that do not split the run; the message names the config key at fault."""
+
+
+def split_steps(total: int, lengths: Sequence[float | None], names: Sequence[str] = ()) -> list[int]:
+    """The steps of each stage of a `total`-step run, adding up to `total`.
+
+    A length is a whole number of steps, a fraction of `total` in (0, 1), or None: the steps the
+    other stages leave (at most one stage). A fraction rounds to the nearest step, halves up, and
+    to at least one step. When no stage is None, the lengths must add up to `total` before rounding,
+    and the longest stage given as a fraction (the first of equals) takes what rounding gained or
+    lost, a step being the smallest change to it.
+    """
+    for index, value in enumerate(lengths):
+        if value is not None and (value <= 0 or not is_length(value)):
+            raise StageSplitError(f"stages.{index}.steps: must be a whole number of steps >= 1 or a "
+                                  f"fraction of train.steps in (0, 1), got {value}")
+    open_stages = [i for i, value in enumerate(lengths) if value is None]
+    if len(open_stages) > 1:
+        raise StageSplitError("stages: at most one stage may leave `steps` unset")
+    steps = [0 if value is None else max(1, length_steps(value, total)) for value in lengths]
+    if open_stages:
+        filler = open_stages[0]
+    else:
+        exact = sum(Fraction(str(v)) * (1 if float(v).is_integer() else total) for v in lengths)
+        if exact != total:
+            raise StageSplitError(f"stages add up to {float(exact):g} steps but train.steps={total}")
+        fractions = [i for i, value in enumerate(lengths) if not float(value).is_integer()]
+        if not fractions:
+            return steps
+        filler = max(fractions, key=lambda i: (lengths[i], -i))
+    others = sum(steps) - steps[filler]
+    steps[filler] = total - others
+    if steps[filler] < 1:
+        name = repr(names[filler]) if filler < len(names) else str(filler)
+        raise StageSplitError(f"train.steps={total} leaves no steps for stage {name} after the "
+                              f"other stages' {others}")
+    return steps
