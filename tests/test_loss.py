@@ -4,9 +4,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from xmodel2.data.sft_mask import IGNORE_INDEX
 from xmodel2.model.config import ModelConfig
 from xmodel2.model.folder import build_model
-from xmodel2.train.loss import IGNORE_INDEX, next_token_loss
+from xmodel2.train.loss import next_token_loss
 
 
 def small_model():

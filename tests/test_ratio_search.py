@@ -128,16 +128,37 @@ def test_quadratic_fit_finds_an_interior_optimum():
     assert fit_quadratic([0.1, 0.1, 0.2], [1, 2, 3]) is None
 
 
-def test_eval_accuracy_reads_xmodel2_eval_results(setup, tmp_path):
-    from xmodel2.ratio_search.branch import eval_accuracy
+def test_branch_accuracy_is_what_xmodel2_eval_reports(setup, tmp_path):
+    """A branch is scored by the library function behind `xmodel2 eval`, on the model in memory."""
+    from xmodel2.model.folder import load_model_folder
+    from xmodel2.ratio_search.scores import eval_accuracy
+    from xmodel2.tokenizer import load_tokenizer
     from xmodel2.train.checkpoint import latest_checkpoint
 
     _, out, _ = setup
-    task = BUNDLED_DIR.parent / "eval" / "arc_easy.jsonl"
-    value = eval_accuracy(latest_checkpoint(out / "stable"), str(task), 4, tmp_path / "eval.json")
-    results = json.loads((tmp_path / "eval.json").read_text())["results"]
-    assert value == next(r["value"] for r in results if r["metric"] == "acc")
+    checkpoint = latest_checkpoint(out / "stable")
+    task = str(BUNDLED_DIR.parent / "eval" / "arc_easy.jsonl")
+    value = eval_accuracy(load_model_folder(checkpoint), load_tokenizer(checkpoint), task, 4, tmp_path / "branch.json")
+    assert main(["eval", str(checkpoint), "--tasks", task, "--limit", "4", "--output", str(tmp_path / "cli.json")]) == 0
+    branch = json.loads((tmp_path / "branch.json").read_text())["results"]
+    cli = json.loads((tmp_path / "cli.json").read_text())["results"]
+    assert branch == cli
+    assert value == next(r["value"] for r in cli if r["metric"] == "acc")
     assert value in (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def test_branch_refuses_a_bad_task_name_before_training(setup, tmp_path):
+    from xmodel2.ratio_search.branch import BranchSettings, branch_template, run_branch
+    from xmodel2.train.checkpoint import latest_checkpoint
+
+    config, out, _ = setup
+    checkpoint = latest_checkpoint(out / "stable")
+    template = branch_template(load_run_config(config, []), checkpoint)
+    settings = BranchSettings(run=template.to_dict(), checkpoint=str(checkpoint), out_dir=str(out),
+                              eval_tasks="arc_easy:nope")
+    with pytest.raises(UserError, match="unknown variant"):
+        run_branch(settings, 0.5, {"math": 1.0}, tmp_path / "trial")
+    assert not (tmp_path / "trial").exists()
 
 
 def test_xmodel2_pretrain_runs_the_best_mixture(setup, tmp_path):

@@ -14,7 +14,7 @@ import pytest
 
 from xmodel2.cli import main
 from xmodel2.data.corpus import corpus_file
-from xmodel2.data.decay_mixture import add_sft_sources, decay_mixture, mixture_fragment, with_decay_mixture
+from xmodel2.ratio_search.decay_mixture import add_sft_sources, decay_mixture, mixture_fragment, with_decay_mixture
 from xmodel2.data.sft import (CATEGORIES, SFTCounts, SFTFile, bundled_sft_files, held_out_bucket,
                               parse_sft_file_spec, prepare_sft, read_sft_file)
 from xmodel2.data.sft_mask import assistant_mask, masked_targets

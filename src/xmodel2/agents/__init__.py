@@ -8,5 +8,5 @@
   llm         `ModelCompleter`: greedy continuation with stop strings on an xmodel2 model
   react       `run_episode`: the Thought / Action / Observation loop, `Trajectory`
   metrics     HotpotQA EM / F1 (official normalisation), FEVER accuracy
-  tasks       `run_react_task` for `xmodel2 eval --tasks hotpotqa_react,fever_react`
+  tasks       `score_react_task` for `xmodel2 eval --tasks hotpotqa_react,fever_react` (builds on xmodel2.eval)
 """

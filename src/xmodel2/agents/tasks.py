@@ -18,17 +18,33 @@ from functools import lru_cache
 from pathlib import Path
 
 from xmodel2.agents.docstore import DocStore, load_docstore
-from xmodel2.agents.llm import Completer
+from xmodel2.agents.llm import Completer, ModelCompleter
 from xmodel2.agents.metrics import exact_match, f1, fever_correct
 from xmodel2.agents.react import MAX_STEPS, Trajectory, run_episode
 from xmodel2.agents.reactdata import SOURCES, Item, load_items, load_prompt
 from xmodel2.agents.wikienv import WikiEnv
 from xmodel2.eval.metrics import Metric, mean, mean_stderr
+from xmodel2.eval.runner import Outcome
+from xmodel2.eval.scoring import Scorer
 from xmodel2.fileio import atomic_write_text
 
 REACT_TASKS = tuple(SOURCES)
 SEED = 233
 DEFAULT_LIMIT = 500
+
+
+@dataclass
+class ReactSettings:
+    """Where `xmodel2 eval` finds ReAct's files and the document store, and where the traces go."""
+
+    data: Path  # folder of ReAct's prompt and question files
+    store: Path | None = None  # document store JSONL (file or folder); None: the bundled Wikipedia
+    max_steps: int = MAX_STEPS
+    traces: Path | None = None  # folder for trajectories: {traces_stem}{task}.traces.jsonl
+    traces_stem: str = ""
+
+    def traces_file(self, task: str) -> Path | None:
+        return None if self.traces is None else self.traces / f"{self.traces_stem}{task}.traces.jsonl"
 
 
 @dataclass
@@ -53,6 +69,21 @@ def score(task: str, trajectory: Trajectory, item: Item) -> dict[str, float]:
     if task == "fever_react":
         return {"acc": fever_correct(trajectory.answer, item.answer)}
     return {"em": exact_match(trajectory.answer, item.answer), "f1": f1(trajectory.answer, item.answer)}
+
+
+def score_react_task(scorer: Scorer, task: str, settings: ReactSettings, limit: int | None,
+                     outcome: Outcome) -> None:
+    """`xmodel2 eval`'s entry for a ReAct task: run it greedily on the scorer's model, add to `outcome`."""
+    traces = settings.traces_file(task)
+    completer = ModelCompleter(scorer.model, scorer.tokenizer, scorer.add_bos, context=scorer.max_length)
+    store = store_for(None if settings.store is None else str(settings.store))
+    started = time.perf_counter()
+    run = run_react_task(task, completer, store, settings.data, limit, settings.max_steps, traces=traces)
+    outcome.metrics += run.metrics
+    outcome.details.setdefault(task, {}).update(
+        traces=None if traces is None else str(traces), store=store.description,
+        answers=[{"index": r["index"], "gold": r["gold"], "answer": r["answer"]} for r in run.records],
+        seconds=round(time.perf_counter() - started, 3))
 
 
 def run_react_task(task: str, completer: Completer, store: DocStore, data_dir: str | Path,

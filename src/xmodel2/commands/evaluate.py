@@ -57,10 +57,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from xmodel2.agents.tasks import REACT_TASKS
     from xmodel2.errors import UserError
     from xmodel2.eval.humaneval import isolation_for
-    from xmodel2.eval.registry import check_spec
-    from xmodel2.eval.runner import REACT, SPECIAL, Outcome, Settings, run_task
+    from xmodel2.eval.runner import Settings, check_task_names
 
     specs = [s.strip() for s in args.tasks.split(",") if s.strip()]
     if not specs:
@@ -76,10 +76,8 @@ def run(args: argparse.Namespace) -> int:
     if args.model is None:
         raise UserError("eval: give a model folder (or --tasks humaneval --completions FILE.jsonl to score "
                         "completions made elsewhere)")
-    for spec in specs:
-        if spec not in SPECIAL and not spec.startswith("ppl:"):
-            check_spec(spec)
-    react = [spec for spec in specs if spec in REACT]
+    check_task_names([spec for spec in specs if spec not in REACT_TASKS])
+    react = [spec for spec in specs if spec in REACT_TASKS]
     if react:
         _check_react(args, react)
     if args.shots is not None and args.shots < 0:
@@ -89,21 +87,40 @@ def run(args: argparse.Namespace) -> int:
     scorer = _scorer(args)
     settings = Settings(args.limit, args.shots, args.stride, args.window, args.scaling_length, plots,
                         isolation=isolation)
-    if react:
-        settings.react_data = Path(args.react_data)
-        settings.react_store = Path(args.react_store) if args.react_store else None
-        settings.react_max_steps = args.react_max_steps
-        if args.traces:
-            settings.traces = Path(args.traces)
-        elif args.output:
-            settings.traces, settings.traces_stem = Path(args.output).parent, Path(args.output).stem + "."
-    outcome = Outcome()
-    for spec in specs:
-        run_task(scorer, spec, settings, outcome)
+    outcome = _run_tasks(scorer, specs, settings, _react_settings(args) if react else None)
     record = {"model": str(args.model), "tasks": specs, "limit": args.limit, "shots": args.shots,
               "batch_size": args.batch_size, "dtype": args.dtype, "add_bos": scorer.add_bos}
     _finish(args, outcome, record)
     return 0
+
+
+def _run_tasks(scorer, specs: list[str], settings, react_settings):
+    """Each task in the order given: agent tasks through `xmodel2.agents`, the others through `xmodel2.eval`."""
+    from xmodel2.agents.tasks import REACT_TASKS, score_react_task
+    from xmodel2.eval.runner import Outcome, run_task
+
+    outcome = Outcome()
+    for spec in specs:
+        if spec in REACT_TASKS:
+            score_react_task(scorer, spec, react_settings, settings.limit, outcome)
+        else:
+            run_task(scorer, spec, settings, outcome)
+    return outcome
+
+
+def _react_settings(args: argparse.Namespace):
+    """ReAct's files and store from the arguments; traces go to --traces, else beside --output."""
+    from pathlib import Path
+
+    from xmodel2.agents.tasks import ReactSettings
+
+    settings = ReactSettings(Path(args.react_data), Path(args.react_store) if args.react_store else None,
+                             args.react_max_steps)
+    if args.traces:
+        settings.traces = Path(args.traces)
+    elif args.output:
+        settings.traces, settings.traces_stem = Path(args.output).parent, Path(args.output).stem + "."
+    return settings
 
 
 def _check_output_apart(args: argparse.Namespace, specs: list[str]) -> None:

@@ -25,9 +25,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from xmodel2.data.sft_mask import IGNORE_INDEX
 from xmodel2.data.shards import ShardReader
 from xmodel2.errors import UserError
-from xmodel2.train.loss import IGNORE_INDEX
 
 HELD_OUT_WORDS = frozenset({"validation", "test"})
 _ROUNDS = 4

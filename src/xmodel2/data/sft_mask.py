@@ -1,4 +1,4 @@
-"""Prompt-token masking for ChatML token streams: which tokens belong to assistant replies.
+"""Loss masks: the target value the loss skips, and which tokens of ChatML streams are assistant replies.
 
 `<|im_start|>` and `<|im_end|>` are single pieces, so turns can be found in a token stream itself
 without keeping side files: a turn's role is the text between `<|im_start|>` and the first
@@ -16,6 +16,9 @@ import numpy as np
 
 from xmodel2.errors import UserError
 
+# A target equal to this is not a training target: the loss neither counts nor differentiates it.
+# -100 is the value PyTorch's cross_entropy and Hugging Face's labels use by default.
+IGNORE_INDEX = -100
 MAX_ROLE_TOKENS = 8  # a role name ("assistant") is a few pieces
 
 
@@ -41,7 +44,7 @@ def assistant_mask(tokens: np.ndarray, tokenizer) -> np.ndarray:
     return mask
 
 
-def masked_targets(window: np.ndarray, mask: np.ndarray, ignore_index: int = -100) -> np.ndarray:
+def masked_targets(window: np.ndarray, mask: np.ndarray, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
     """Targets of a (n, L+1) token window: window[:, 1:] with `ignore_index` where mask[:, 1:] is False."""
     targets = np.array(window[:, 1:], dtype=np.int64)
     targets[~mask[:, 1:]] = ignore_index
@@ -53,36 +56,3 @@ def shard_assistant_mask(shard_dir: str | Path, tokenizer) -> np.ndarray:
 
     return assistant_mask(ShardReader(str(shard_dir)).tokens, tokenizer)
 
-
-def answer_loss(model, tokenizer, shard_dir: Path, seq_len: int, max_sequences: int, precision: str,
-                device) -> float:
-    """Mean next-token loss over assistant tokens only, on the first packed sequences of a shard."""
-    import torch
-
-    from xmodel2.data.shards import ShardReader
-    from xmodel2.train.loss import IGNORE_INDEX, next_token_loss
-    from xmodel2.train.trainer import autocast_context
-
-    tokens = np.asarray(ShardReader(str(shard_dir)).tokens)
-    mask = assistant_mask(tokens, tokenizer)
-    count = min(max_sequences, (len(tokens) - 1) // seq_len)
-    windows = np.stack([tokens[i * seq_len:i * seq_len + seq_len + 1] for i in range(count)]).astype(np.int64)
-    masks = np.stack([mask[i * seq_len:i * seq_len + seq_len + 1] for i in range(count)])
-    targets = masked_targets(windows, masks, IGNORE_INDEX)
-    was_training = model.training
-    model.eval()
-    total, counted = 0.0, 0
-    with torch.no_grad():
-        for i in range(0, count, 16):
-            inputs = torch.from_numpy(windows[i:i + 16, :-1]).to(device)
-            target = torch.from_numpy(targets[i:i + 16]).to(device)
-            n = int((target != IGNORE_INDEX).sum())
-            if n == 0:
-                continue
-            with autocast_context(precision, device):
-                total += next_token_loss(model, inputs, target).item() * n
-            counted += n
-    model.train(was_training)
-    if counted == 0:
-        raise UserError(f"{shard_dir}: no assistant tokens in the first {count} sequences")
-    return total / counted

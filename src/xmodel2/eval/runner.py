@@ -6,8 +6,9 @@ Task names besides benchmarks (see `registry`):
   calibration     MMLU answer-letter calibration: ECE (10 and 15 bins), Brier, reliability PNG
   scaling_law     loss by token position on wiki-test, fit of L(t) = b + (t/c)^a, log-log PNG
   humaneval       pass@1, generated code run in an OS sandbox (`sandbox`); also on a file of completions
-  hotpotqa_react  ReAct agent on HotpotQA over offline Wikipedia: EM, F1 (needs ReAct's files, --react-data)
-  fever_react     ReAct agent on FEVER over offline Wikipedia: accuracy
+
+The agent tasks of `xmodel2 eval` (hotpotqa_react, fever_react) live in `xmodel2.agents`, which
+builds on this package; nothing here depends on them.
 """
 
 from __future__ import annotations
@@ -21,8 +22,7 @@ import numpy as np
 from xmodel2.eval.metrics import Metric
 from xmodel2.eval.scoring import Scorer
 
-REACT = ("hotpotqa_react", "fever_react")
-SPECIAL = ("wikitext", "calibration", "scaling_law", "humaneval", *REACT)  # and ppl:PATH
+SPECIAL = ("wikitext", "calibration", "scaling_law", "humaneval")  # and ppl:PATH
 
 
 @dataclass
@@ -33,11 +33,6 @@ class Settings:
     window: int | None = None
     scaling_length: int = 64
     plots: Path | None = None
-    react_data: Path | None = None  # folder of ReAct's prompt and question files
-    react_store: Path | None = None  # document store JSONL (file or folder); None: bundled Wikipedia
-    react_max_steps: int = 7
-    traces: Path | None = None  # folder for agent trajectories: {traces_stem}{task}.traces.jsonl
-    traces_stem: str = ""
     isolation: str | None = None  # humaneval: what generated code runs under, settled before the model loads
 
 
@@ -47,7 +42,17 @@ class Outcome:
     details: dict = field(default_factory=dict)  # per task: timings, fits, plot paths
 
 
+def check_task_names(specs: list[str]) -> None:
+    """Fail before a model loads (or a branch trains) on a malformed task name or a missing task file."""
+    from xmodel2.eval.registry import check_spec
+
+    for spec in specs:
+        if spec not in SPECIAL and not spec.startswith("ppl:"):
+            check_spec(spec)
+
+
 def run_task(scorer: Scorer, spec: str, settings: Settings, outcome: Outcome) -> None:
+    """Score task `spec` on the scorer's model (in memory), adding its metrics and details to `outcome`."""
     started = time.perf_counter()
     if spec == "wikitext" or spec.startswith("ppl:"):
         _perplexity(scorer, spec, settings, outcome)
@@ -61,8 +66,6 @@ def run_task(scorer: Scorer, spec: str, settings: Settings, outcome: Outcome) ->
         metric, records = humaneval.evaluate(scorer.model, scorer.tokenizer, settings.isolation, settings.limit,
                                              scorer.batch_size)
         _humaneval_outcome(metric, records, settings, outcome)
-    elif spec in REACT:
-        _react(scorer, spec, settings, outcome)
     else:
         _benchmark(scorer, spec, settings, outcome)
     outcome.details.setdefault(spec, {})["seconds"] = round(time.perf_counter() - started, 3)
@@ -98,21 +101,6 @@ def _benchmark(scorer: Scorer, spec: str, settings: Settings, outcome: Outcome) 
         outcome.metrics += generation_metrics(task, results)
         outcome.details.setdefault(spec, {})["generations"] = [
             {"id": r.doc.doc_id, "gold": r.doc.answer, "text": r.text} for r in results]
-
-
-def _react(scorer: Scorer, spec: str, settings: Settings, outcome: Outcome) -> None:
-    from xmodel2.agents.llm import ModelCompleter
-    from xmodel2.agents.tasks import run_react_task, store_for
-
-    traces = settings.traces / f"{settings.traces_stem}{spec}.traces.jsonl" if settings.traces else None
-    completer = ModelCompleter(scorer.model, scorer.tokenizer, scorer.add_bos, context=scorer.max_length)
-    store = store_for(None if settings.react_store is None else str(settings.react_store))
-    run = run_react_task(spec, completer, store, settings.react_data, settings.limit, settings.react_max_steps,
-                         traces=traces)
-    outcome.metrics += run.metrics
-    outcome.details.setdefault(spec, {}).update(
-        traces=None if traces is None else str(traces), store=store.description,
-        answers=[{"index": r["index"], "gold": r["gold"], "answer": r["answer"]} for r in run.records])
 
 
 def _wiki_texts() -> tuple[list[str], str]:

@@ -9,9 +9,11 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from xmodel2.data.decay_mixture import SFT_VALIDATION, decay_stage_index, with_decay_mixture
 from xmodel2.errors import UserError
+from xmodel2.eval.runner import check_task_names
 from xmodel2.fileio import read_json
+from xmodel2.ratio_search.decay_mixture import SFT_VALIDATION, decay_stage_index, with_decay_mixture
+from xmodel2.ratio_search.scores import answer_loss, eval_accuracy, heldout_loss, task_names
 from xmodel2.train.checkpoint import STATE_FILE
 from xmodel2.train.runconfig import DecaySection, RunConfig, StageSection
 
@@ -25,7 +27,7 @@ class BranchSettings:
     out_dir: str  # the search folder: data/ (shared shards) and trials/
     max_repeats: float = 50.0
     sft_sequences: int = 64  # held-out SFT sequences scored per trial
-    eval_tasks: str | None = None  # comma-separated `xmodel2 eval` tasks, scored when given
+    eval_tasks: str | None = None  # comma-separated `xmodel2 eval` task names, scored when given
     eval_limit: int | None = 50
     keep_checkpoints: bool = False
 
@@ -75,42 +77,10 @@ def link_shared_data(trial_dir: Path, shared_data: Path) -> None:
         os.symlink(shared_data.resolve(), link, target_is_directory=True)
 
 
-def heldout_loss(model, run: RunConfig, shard_dir: Path, sequences: int, device) -> float:
-    from xmodel2.data.mixture import SequentialDataset
-    from xmodel2.train.trainer import evaluate_loss
-
-    data = SequentialDataset(str(shard_dir), run.data.seq_len, max_sequences=sequences)
-    size = run.train.micro_batch_size
-    blocks = [data.sequences(range(i, min(len(data), i + size))) for i in range(0, len(data), size)]
-    return evaluate_loss(model, blocks, run.train.precision, device)
-
-
-ACCURACY_METRICS = ("acc", "exact_match", "pass@1")  # the headline metric of each task kind
-
-
-def eval_accuracy(checkpoint: Path, tasks: str, limit: int | None, out_file: Path) -> float:
-    """Mean over tasks of each task's headline accuracy, measured by `xmodel2 eval`."""
-    from xmodel2.cli import main
-
-    args = ["eval", str(checkpoint), "--tasks", tasks, "--output", str(out_file)]
-    if limit:
-        args += ["--limit", str(limit)]
-    if main(args) != 0:
-        raise UserError(f"xmodel2 eval failed on {checkpoint} (tasks {tasks})")
-    per_task: dict[str, float] = {}
-    for result in read_json(out_file, "eval results")["results"]:
-        if result["metric"] in ACCURACY_METRICS and result["value"] is not None:
-            per_task.setdefault(result["task"], result["value"])
-    if not per_task:
-        raise UserError(f"{out_file}: no accuracy ({', '.join(ACCURACY_METRICS)}) in the eval results")
-    return sum(per_task.values()) / len(per_task)
-
-
 def run_branch(settings: BranchSettings, sft_share: float, weights: dict[str, float], trial_dir: Path) -> dict:
     """Train one decay branch into `trial_dir` and return its held-out metrics."""
     import torch
 
-    from xmodel2.data.sft_mask import answer_loss
     from xmodel2.model.folder import load_model_folder
     from xmodel2.tokenizer import load_tokenizer
     from xmodel2.train.hardware import pick_device
@@ -118,6 +88,8 @@ def run_branch(settings: BranchSettings, sft_share: float, weights: dict[str, fl
     from xmodel2.train.runconfig import run_config_from_dict
 
     template = run_config_from_dict(settings.run)
+    if settings.eval_tasks:
+        check_task_names(task_names(settings.eval_tasks))  # before the branch trains, not after
     run = with_decay_mixture(template, sft_share, weights, max_repeats=settings.max_repeats)
     shared = Path(settings.out_dir) / "data"
     link_shared_data(trial_dir, shared)
@@ -133,7 +105,7 @@ def run_branch(settings: BranchSettings, sft_share: float, weights: dict[str, fl
         metrics["sft_answer_loss"] = answer_loss(model, tokenizer, shared / SFT_VALIDATION, run.data.seq_len,
                                                  settings.sft_sequences, run.train.precision, device)
     if settings.eval_tasks:
-        metrics["accuracy"] = eval_accuracy(result.final_checkpoint, settings.eval_tasks, settings.eval_limit,
+        metrics["accuracy"] = eval_accuracy(model, tokenizer, settings.eval_tasks, settings.eval_limit,
                                             trial_dir / "eval.json")
     if not all(math.isfinite(v) for k, v in metrics.items() if k.endswith("loss") and v is not None):
         raise UserError(f"{trial_dir}: a held-out loss is not finite")

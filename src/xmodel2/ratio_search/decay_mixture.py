@@ -15,6 +15,7 @@ import copy
 
 from xmodel2.data.sft import CATEGORIES, PreparedSFT
 from xmodel2.errors import UserError
+from xmodel2.train.run import batch_schedule
 from xmodel2.train.runconfig import DecaySection, RunConfig, SourceSection, StageSection
 
 SFT_PREFIX = "sft-"
@@ -71,8 +72,6 @@ def normalized_weights(category_weights: dict[str, float]) -> dict[str, float]:
 
 
 def stage_tokens(run: RunConfig, index: int) -> int:
-    from xmodel2.train.run import batch_schedule
-
     steps = run.stage_steps()
     start = sum(steps[:index])
     batches = batch_schedule(run)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from xmodel2.data.decay_mixture import add_sft_sources, decay_stage_index, mixture_fragment, with_decay_mixture
+from xmodel2.ratio_search.decay_mixture import add_sft_sources, decay_stage_index, mixture_fragment, with_decay_mixture
 from xmodel2.data.sft import SFTFile, prepare_sft
 from xmodel2.errors import UserError
 from xmodel2.fileio import atomic_write_text

@@ -30,9 +30,9 @@ import functools
 import torch
 import torch.nn.functional as F
 
+from xmodel2.data.sft_mask import IGNORE_INDEX
 from xmodel2.model.transformer import Transformer
 
-IGNORE_INDEX = -100
 LOGIT_CHUNK_ELEMENTS = 2**28  # logits per head matmul: 512 MiB in bf16, 1 GiB in fp32
 # Rows per in-place softmax block (eager): 2M fp32 values (8 MiB) stay in the CPU's caches.
 SOFTMAX_BLOCK_ELEMENTS = 2**21
