@@ -15,9 +15,10 @@ optuna = pytest.importorskip("optuna")
 
 from xmodel2.cli import main  # noqa: E402
 from xmodel2.train.runconfig import load_run_config, model_config  # noqa: E402
+from xmodel2.train.study import open_storage  # noqa: E402
 from xmodel2.windtunnel.proxy import ProxySettings, prepare_proxy_data  # noqa: E402
 from xmodel2.windtunnel.search import (SearchSettings, config_fragment, fragment_overrides,  # noqa: E402
-                                       open_storage, open_study, run_trials)
+                                       open_study, run_trials)
 
 TINY = ["--steps", "4", "--eval-every", "2", "--seq-len", "16", "--batch-size", "2",
         "--vocab-size", "1024"]
@@ -36,7 +37,8 @@ def searched(cache: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Pat
     first = main(["windtunnel", "search", "--trials", "3", "--workers", "1", "--out", str(out),
                   "--cache", str(cache), *TINY])
     trials_after_first = len(json.loads((out / "search.json").read_text())["trial_rows"])
-    second = main(["windtunnel", "search", "--trials", "2", "--workers", "2", "--out", str(out),
+    # --trials is the study's total: 5 resumes the study of 3 and adds 2
+    second = main(["windtunnel", "search", "--trials", "5", "--workers", "2", "--out", str(out),
                    "--cache", str(cache), *TINY])
     assert (first, second) == (0, 0)
     return out, trials_after_first, len(json.loads((out / "search.json").read_text())["trial_rows"])
@@ -98,7 +100,7 @@ def test_pruner_stops_a_trial_behind_the_median(cache: Path, tmp_path: Path) -> 
     good = {"scale_emb": 12, "dim_model_base": 64, "scale_depth": 1.4, "lr": 0.02}
     study.enqueue_trial(good)
     study.enqueue_trial(good | {"lr": 0.001})  # a tiny LR trails at the first report
-    run_trials(url, "prune", 2, 0, data, settings)
+    run_trials(url, "prune", 2, data, settings)
     states = [t.state.name for t in load_named(url, "prune").trials]
     assert states == ["COMPLETE", "PRUNED"]
 

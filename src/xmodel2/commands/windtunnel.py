@@ -147,6 +147,9 @@ def _add_lr_transfer(parser: argparse.ArgumentParser) -> None:
                         help="tokenizer trained once into the cache (default: %(default)s)")
     parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
                         help="auto: bf16 where this device runs bf16 matmuls fast, else fp32")
+    parser.add_argument("--device", default="auto",
+                        help="auto (the GPUs when there are any, else the CPU), cpu, cuda (every GPU, "
+                             "one worker each, round-robin) or cuda:N (default: %(default)s)")
     parser.add_argument("--max-extensions", type=int, default=2,
                         help="octaves added per curve whose best LR sits on a grid edge "
                              "(default: %(default)s)")
@@ -199,7 +202,7 @@ def _run_lr_transfer(args: argparse.Namespace) -> int:
     if args.max_extensions < 0:
         raise UserError(f"--max-extensions must be >= 0, got {args.max_extensions}")
     proxy = ProxySettings(steps=pick("steps"), batch_size=pick("batch_size"), seq_len=pick("seq_len"),
-                          precision=args.precision, seed=args.seed)
+                          precision=args.precision, device=args.device, seed=args.seed)
     settings = TransferSettings(widths=widths, log2_lrs=_lr_list(pick("lrs")), proxy=proxy,
                                 layers=pick("layers"), dim_model_base=args.dim_model_base,
                                 init_std=args.init_std, workers=args.workers,
@@ -224,9 +227,16 @@ Bayesian μP search (Optuna TPE) over the report's space: scale_emb 2..20 step 1
 dim_model_base in {32,64,128,256,512,1024}, scale_depth 1..5 step 0.1, lr 0.001..0.1 step
 0.001. Each trial trains the nano proxy (hidden 256, 8 layers; --preset picks another) on the
 bundled corpus with the WSD shape and is scored by held-out loss; intermediate losses feed a
-median pruner. The study lives in --storage (default: a SQLite file OUT/study.db; any Optuna
-RDB URL such as postgresql://user@host/db lets several machines share it) and resumes: running
-the command again adds --trials more trials to the same study. Writes best_config.yaml (the
+median pruner. Trials run on --device, one worker per GPU, or on the CPU with its cores split
+between the --workers.
+
+The study lives in --storage (default: a SQLite file OUT/study.db; a PostgreSQL or MySQL URL
+such as postgresql://user@host/db lets several machines share it). --trials is the study's
+total: the command runs trials until the study holds that many finished ones (completed or
+pruned), so running it again with a larger --trials resumes, and the same command started on
+several machines splits the trials between them, none run twice. A trial whose worker dies
+(no heartbeat for 3 x --heartbeat seconds) is run again, with the same parameters, by a
+worker that is still alive. Writes best_config.yaml (the
 model.mup and train.lr sections `xmodel2 pretrain` accepts, with the matching --key=value
 overrides), search.json (trials, parameter importances, timing), history.png and
 good_region.png (trials under a loss threshold over each pair of parameters).
@@ -239,10 +249,13 @@ machine); pruned trials are cheaper."""
 
 def _add_search(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trials", type=int, default=20,
-                        help="trials to add in this invocation (default: %(default)s)")
+                        help="finished trials the study should hold, counting earlier runs and other "
+                             "processes (default: %(default)s)")
     parser.add_argument("--storage", default=None,
                         help="Optuna storage URL (default: sqlite:///OUT/study.db)")
     parser.add_argument("--study-name", default="mup-search", help="(default: %(default)s)")
+    parser.add_argument("--heartbeat", type=int, default=30,
+                        help="seconds between a running trial's heartbeats (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=120,
                         help="training steps per trial (default: %(default)s)")
     parser.add_argument("--eval-every", type=int, default=None,
@@ -257,7 +270,11 @@ def _add_search(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--good-loss", type=float, default=None,
                         help="loss threshold of the good-region plot (default: the best quarter)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workers", type=int, default=2, help="worker processes (default: %(default)s)")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="worker processes on this machine (default: %(default)s)")
+    parser.add_argument("--device", default="auto",
+                        help="auto (the GPUs when there are any, else the CPU), cpu, cuda (every GPU, "
+                             "one worker each, round-robin) or cuda:N (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=Path("runs/search"),
                         help="output folder (default: %(default)s)")
     parser.add_argument("--cache", type=Path, default=None,
@@ -266,28 +283,37 @@ def _add_search(parser: argparse.ArgumentParser) -> None:
 
 def _run_search(args: argparse.Namespace) -> int:
     from xmodel2.model.config import preset
+    from xmodel2.train.study import count_trials, default_storage, worker_devices
     from xmodel2.windtunnel.proxy import ProxySettings, prepare_proxy_data, say
     from xmodel2.windtunnel.search import SearchSettings, open_study, run_search
     from xmodel2.windtunnel.search_report import format_summary, write_report
 
-    for name in ("trials", "steps", "batch_size", "seq_len", "workers", "vocab_size"):
+    for name in ("trials", "steps", "batch_size", "seq_len", "workers", "vocab_size", "heartbeat"):
         _positive(getattr(args, name), "--" + name.replace("_", "-"))
     preset(args.preset)  # an unknown preset fails here, before any work
     eval_every = args.eval_every if args.eval_every is not None else max(1, args.steps // 5)
     if not 0 < eval_every <= args.steps:
         raise UserError(f"--eval-every must be between 1 and --steps ({args.steps}), got {eval_every}")
     proxy = ProxySettings(steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len,
-                          precision=args.precision, eval_every=eval_every, seed=args.seed)
+                          precision=args.precision, device=args.device, eval_every=eval_every,
+                          seed=args.seed)
     settings = SearchSettings(proxy=proxy, preset=args.preset, seed=args.seed)
+    devices = worker_devices(args.device, args.workers)  # an absent GPU fails before any work
     args.out.mkdir(parents=True, exist_ok=True)
-    url = args.storage or f"sqlite:///{(args.out / 'study.db').resolve()}"
-    open_study(url, args.study_name, settings)  # bad URLs and mismatched studies fail before data prep
+    url = args.storage or default_storage(args.out)
+    # bad URLs and mismatched studies fail before the data is prepared
+    before = count_trials(open_study(url, args.study_name, settings, args.heartbeat)).finished
     data = prepare_proxy_data(args.cache or args.out / "cache", args.vocab_size, log=say)
-    seconds = run_search(url, args.study_name, args.trials, data, settings, args.workers, log=say)
-    summary = write_report(open_study(url, args.study_name, settings), args.out, url,
-                           args.good_loss, seconds)
+    say(f"study {args.study_name!r} in {url}: {before} of {args.trials} trials finished; "
+        f"{args.workers} worker(s) on {', '.join(sorted(set(devices)))}")
+    seconds = run_search(url, args.study_name, args.trials, data, settings, args.workers, log=say,
+                         heartbeat_s=args.heartbeat)
+    study = open_study(url, args.study_name, settings, args.heartbeat)
+    summary = write_report(study, args.out, url, args.good_loss, seconds)
     print(format_summary(summary))
-    print(f"{args.trials} trials added in {seconds:.0f} s; wrote " + ", ".join(summary["written"]))
+    after = count_trials(study).finished
+    print(f"the study holds {after} finished trials ({max(0, after - before)} new, from every "
+          f"process) after {seconds:.0f} s; wrote " + ", ".join(summary["written"]))
     return 0 if "best" in summary else 1
 
 

@@ -12,8 +12,9 @@ shared by every run. A run is a pure function of (model config, LR, data, settin
 come from a seeded generator and the data order from the mixture's seed, so two runs with the
 same inputs give the same loss. A run that diverges returns `math.inf`, never an exception.
 
-`run_in_workers` spreads independent runs over worker processes (spawned, one torch thread
-each: small models run fastest single-threaded, and threads of two processes would fight).
+A run trains on `settings.device`: "auto" is the GPU when there is one. `run_in_workers`
+spreads independent runs over spawned worker processes, one per GPU (round-robin), or on the
+CPU with its cores split between them (threads of two processes would fight).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import math
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -62,6 +63,7 @@ class ProxySettings:
     weight_decay: float = 0.1
     grad_clip: float = 1.0
     precision: str = "auto"
+    device: str = "auto"  # auto, cpu, cuda, cuda:N; workers of a search pin theirs (`pinned`)
     val_sequences: int = 64
     eval_every: int = 0  # intermediate validations for the report callback; 0: final only
     seed: int = 0
@@ -188,6 +190,7 @@ def train_proxy(config: ModelConfig, lr: float, data: ProxyData, settings: Proxy
 
     from xmodel2.model.folder import build_model
     from xmodel2.model.mup import build_optimizer, set_learning_rate
+    from xmodel2.train.hardware import pick_device, resolve_precision
     from xmodel2.train.loss import next_token_loss
     from xmodel2.train.trainer import autocast_context, evaluate_loss
 
@@ -197,8 +200,11 @@ def train_proxy(config: ModelConfig, lr: float, data: ProxyData, settings: Proxy
     if config.vocab_size < data.vocab_size:
         raise UserError(f"model vocab_size {config.vocab_size} < the tokenizer's {data.vocab_size}")
     started = time.perf_counter()
-    device = torch.device("cpu")
-    model = build_model(config, seed=settings.seed)
+    device = pick_device(settings.device, "--device")
+    # resolved once: "auto" measures the device's bf16 speed, which a run must not repeat per step
+    precision = resolve_precision(settings.precision, device)
+    # the weights are drawn on the CPU from the seeded generator, so every device starts alike
+    model = build_model(config, seed=settings.seed).to(device)
     optimizer = build_optimizer(model, config, lr=lr, weight_decay=settings.weight_decay)
     schedule = wsd_for(settings)
     dataset = _mixture(data, settings)
@@ -209,8 +215,8 @@ def train_proxy(config: ModelConfig, lr: float, data: ProxyData, settings: Proxy
     for step in range(settings.steps):
         set_learning_rate(optimizer, lr * schedule.factor(step))
         first = step * settings.batch_size
-        block = dataset.sequences(range(first, first + settings.batch_size))
-        with autocast_context(settings.precision, device):
+        block = dataset.sequences(range(first, first + settings.batch_size)).to(device)
+        with autocast_context(precision, device):
             loss = next_token_loss(model, block[:, :-1], block[:, 1:])
         result.train_loss = loss.item()
         if not math.isfinite(result.train_loss):
@@ -224,7 +230,7 @@ def train_proxy(config: ModelConfig, lr: float, data: ProxyData, settings: Proxy
         result.steps_done = step + 1
         done = result.steps_done == settings.steps
         if done or (settings.eval_every and result.steps_done % settings.eval_every == 0):
-            value = evaluate_loss(model, validation, settings.precision, device)
+            value = evaluate_loss(model, validation, precision, device)
             if not math.isfinite(value):
                 return _diverged(result, step, started)
             result.curve.append((result.steps_done, value))
@@ -262,32 +268,56 @@ class ProxyJob:
                                       * self.config.hidden_size)
 
 
-def single_thread() -> None:
+def pinned(settings: ProxySettings, device: str) -> ProxySettings:
+    """`settings` for a worker that was given `device` (see `worker_devices`)."""
+    return replace(settings, device=device)
+
+
+# The device this worker process was given by `_start_worker`; None in the parent process.
+_WORKER_DEVICE: str | None = None
+
+
+def _start_worker(counter, devices: Sequence[str], threads: int) -> None:
+    """Pool initializer: the n-th worker process to start takes the n-th device."""
     import torch
 
-    torch.set_num_threads(1)
+    global _WORKER_DEVICE
+    with counter.get_lock():
+        index = counter.value
+        counter.value += 1
+    _WORKER_DEVICE = devices[index % len(devices)]
+    torch.set_num_threads(threads)
 
 
 def _run_job(job: ProxyJob) -> ProxyResult:
-    return train_proxy(job.config, job.lr, job.data, job.settings)
+    settings = job.settings if _WORKER_DEVICE is None else pinned(job.settings, _WORKER_DEVICE)
+    return train_proxy(job.config, job.lr, job.data, settings)
 
 
 def run_in_workers(jobs: Sequence[ProxyJob], workers: int) -> Iterator[tuple[ProxyJob, ProxyResult]]:
-    """Yield (job, result) as runs finish; `workers` spawned processes, one torch thread each."""
+    """Yield (job, result) as runs finish, over `workers` spawned processes placed on the
+    jobs' device (`worker_devices`: one per GPU, or the CPU's cores split between them)."""
+    from xmodel2.train.study import threads_per_worker, worker_devices
+
     ordered = sorted(jobs, key=lambda j: -j.cost())
+    if not ordered:
+        return
+    devices = worker_devices(ordered[0].settings.device, max(1, workers))
+    threads = threads_per_worker(len(devices))
     if workers <= 1:
         import torch
 
-        threads = torch.get_num_threads()
-        single_thread()
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
         try:
             for job in ordered:
-                yield job, _run_job(job)
+                yield job, train_proxy(job.config, job.lr, job.data, pinned(job.settings, devices[0]))
         finally:
-            torch.set_num_threads(threads)
+            torch.set_num_threads(before)
         return
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
-                             initializer=single_thread) as pool:
+    context = get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_start_worker,
+                             initargs=(context.Value("i", 0), devices, threads)) as pool:
         futures = {pool.submit(_run_job, job): job for job in ordered}
         for future in as_completed(futures):
             yield futures[future], future.result()

@@ -6,28 +6,27 @@ run (`train_proxy`) scored by held-out loss; intermediate validation losses go t
 pruner, which stops trials that trail the median of earlier trials at the same step. A run that
 diverges scores +inf: TPE ranks it last, and the importance analysis leaves it out.
 
-The study lives in an Optuna storage (a SQLite file by default; any RDB URL such as
-postgresql://... lets several machines share one study). Creating it is idempotent, so a second
-invocation adds trials to the same study; trials of a killed invocation are marked failed by
-Optuna's heartbeat check when the study is next optimised. Worker processes each run their own
-`study.optimize` against the shared storage, which is how Optuna parallelises.
+The study lives in an Optuna storage (a SQLite file by default; a PostgreSQL or MySQL URL lets
+several machines share one study) and is set up by `xmodel2.train.study`: every process, on
+this machine or another, runs the same command against it until the study holds the requested
+number of finished trials; a trial whose worker died is run again with the same parameters.
+Each process runs its trials on its own device: one worker per GPU, or the CPU's cores split.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
-from xmodel2.errors import UserError
 from xmodel2.model.config import ModelConfig, preset
-from xmodel2.windtunnel.proxy import ProxyData, ProxySettings, single_thread, train_proxy
+from xmodel2.train import study as shared_study
+from xmodel2.train.study import HEARTBEAT_S, StudySpec, seeded_per_trial, threads_per_worker, worker_devices
+from xmodel2.windtunnel.proxy import ProxyData, ProxySettings, pinned, train_proxy
 
 DIM_MODEL_BASES = (32, 64, 128, 256, 512, 1024)
 PARAMS = ("scale_emb", "dim_model_base", "scale_depth", "lr")
-HEARTBEAT_S = 60  # a RUNNING trial without a heartbeat for GRACE_S is failed on the next start
-GRACE_S = 300
 
 
 @dataclass(frozen=True)
@@ -41,6 +40,7 @@ class SearchSettings:
         """What must match for trials of two invocations to be comparable."""
         out = asdict(self)
         out["proxy"]["mixture"] = [list(pair) for pair in self.proxy.mixture]
+        out["proxy"].pop("device")  # machines with and without GPUs may share one study
         out.pop("seed")
         out.pop("warmup_trials")
         return out
@@ -61,54 +61,25 @@ def search_model(settings: SearchSettings, vocab_size: int, params: dict) -> Mod
                   max_position_embeddings=settings.proxy.seq_len, mup=mup)
 
 
-# ---- storage ---------------------------------------------------------------------------------------
+# ---- the study -------------------------------------------------------------------------------------
 
-def open_storage(url: str):
-    import warnings
-
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    # the heartbeat arguments are flagged experimental; they have been stable since Optuna 2.9
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    kwargs = {}
-    if url.startswith("sqlite"):
-        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 120}}  # two workers share one file
-    try:
-        return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                                          **kwargs)
-    except Exception as exc:  # SQLAlchemy's many errors: bad URL, missing driver, unreachable server
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"--storage {url}: cannot open the Optuna storage: {message}") from None
+def study_spec(url: str, name: str, settings: SearchSettings, heartbeat_s: int = HEARTBEAT_S) -> StudySpec:
+    return StudySpec(storage=url, name=name, direction="minimize", identity=settings.identity(),
+                     identity_key="proxy", identity_what="proxy settings", name_option="--study-name",
+                     heartbeat_s=heartbeat_s)
 
 
-def open_study(url: str, name: str, settings: SearchSettings):
+def open_study(url: str, name: str, settings: SearchSettings, heartbeat_s: int = HEARTBEAT_S):
     """Create the study or load it; refuse to mix trials run with different proxy settings."""
     import optuna
 
-    study = optuna.create_study(storage=open_storage(url), study_name=name, direction="minimize",
-                                load_if_exists=True)
-    identity = settings.identity()
-    stored = study.user_attrs.get("proxy")
-    if stored is None:
-        study.set_user_attr("proxy", identity)
-    elif stored != identity:
-        changed = sorted(_differences(stored, identity))
-        raise UserError(f"study {name!r} in {url} was run with other proxy settings "
-                        f"({', '.join(changed)}); use a new --study-name or the same settings")
-    return study
-
-
-def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
-    keys = set(a) | set(b)
-    out = []
-    for key in keys:
-        x, y = a.get(key), b.get(key)
-        if isinstance(x, dict) and isinstance(y, dict):
-            out += _differences(x, y, f"{prefix}{key}.")
-        elif x != y:
-            out.append(f"{prefix}{key}: {x} vs {y}")
-    return out
+    # TPE over independent parameters; the constant liar makes parallel workers treat running
+    # trials as bad, so they do not all crowd the same promising point.
+    sampler = seeded_per_trial(lambda seed: optuna.samplers.TPESampler(seed=seed, constant_liar=True),
+                               settings.seed)
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=settings.warmup_trials,
+                                         n_warmup_steps=settings.proxy.eval_every)
+    return shared_study.open_study(study_spec(url, name, settings, heartbeat_s), sampler, pruner)
 
 
 # ---- trials ----------------------------------------------------------------------------------------
@@ -131,17 +102,14 @@ def objective(trial, data: ProxyData, settings: SearchSettings) -> float:
     return result.val_loss  # math.inf when the run diverged
 
 
-def run_trials(url: str, name: str, n_trials: int, seed: int, data: ProxyData,
-               settings: SearchSettings, log: Callable[[str], None] | None = None) -> None:
-    """Add `n_trials` trials to the study (in this process)."""
-    import optuna
-
-    sampler = optuna.samplers.TPESampler(seed=seed)
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=settings.warmup_trials,
-                                         n_warmup_steps=settings.proxy.eval_every)
-    study = optuna.load_study(study_name=name, storage=open_storage(url), sampler=sampler, pruner=pruner)
+def run_trials(url: str, name: str, budget: int, data: ProxyData, settings: SearchSettings,
+               log: Callable[[str], None] | None = None, heartbeat_s: int = HEARTBEAT_S) -> int:
+    """Run trials in this process until the study holds `budget` finished ones (whoever ran
+    them); `settings.proxy.device` is this process's device. Returns how many it finished."""
+    study = open_study(url, name, settings, heartbeat_s)
     callbacks = [_logger(log)] if log else []
-    study.optimize(lambda t: objective(t, data, settings), n_trials=n_trials, callbacks=callbacks)
+    return shared_study.run_trials(study, lambda t: objective(t, data, settings), budget, callbacks,
+                                   heartbeat_s)
 
 
 def _logger(log: Callable[[str], None]):
@@ -156,39 +124,41 @@ def _logger(log: Callable[[str], None]):
     return callback
 
 
-def _worker(job: tuple) -> None:
-    single_thread()
+def _worker(job: tuple, heartbeat_s: int, threads: int) -> int:
+    import torch
+
     from xmodel2.windtunnel.proxy import say
 
-    run_trials(*job, log=say)
+    torch.set_num_threads(threads)
+    return run_trials(*job, log=say, heartbeat_s=heartbeat_s)
 
 
-def run_search(url: str, name: str, n_trials: int, data: ProxyData, settings: SearchSettings,
-               workers: int, log: Callable[[str], None] | None = None) -> float:
-    """Add `n_trials` trials over `workers` processes; returns the seconds it took."""
+def run_search(url: str, name: str, budget: int, data: ProxyData, settings: SearchSettings,
+               workers: int, log: Callable[[str], None] | None = None,
+               heartbeat_s: int = HEARTBEAT_S) -> float:
+    """Fill the study up to `budget` finished trials with `workers` processes on this machine
+    (`settings.proxy.device`: one per GPU, or the CPU's cores split); other machines may work
+    on the same study at the same time. Returns the seconds it took."""
     started = time.perf_counter()
-    study = open_study(url, name, settings)
-    first = len(study.trials)
-    # Each worker's sampler gets its own seed, shifted by the trials already stored, so a resumed
-    # study does not replay the random start-up samples of the last invocation.
-    shares = [n_trials // workers + (i < n_trials % workers) for i in range(workers)]
-    jobs = [(url, name, n, settings.seed + first + 1000 * i, data, settings)
-            for i, n in enumerate(shares) if n > 0]
+    devices = worker_devices(settings.proxy.device, workers)
+    threads = threads_per_worker(workers)
+    jobs = [(url, name, budget, data, replace(settings, proxy=pinned(settings.proxy, device)))
+            for device in devices]
     if len(jobs) == 1:
         import torch
 
-        threads = torch.get_num_threads()
-        single_thread()
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
         try:
-            run_trials(*jobs[0], log=log)
+            run_trials(*jobs[0], log=log, heartbeat_s=heartbeat_s)
         finally:
-            torch.set_num_threads(threads)
+            torch.set_num_threads(before)
     else:
         from concurrent.futures import ProcessPoolExecutor
         from multiprocessing import get_context
 
         with ProcessPoolExecutor(max_workers=len(jobs), mp_context=get_context("spawn")) as pool:
-            for future in [pool.submit(_worker, job) for job in jobs]:
+            for future in [pool.submit(_worker, job, heartbeat_s, threads) for job in jobs]:
                 future.result()
     return time.perf_counter() - started
 
