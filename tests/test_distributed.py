@@ -193,6 +193,23 @@ def test_batch_that_does_not_split_across_ranks_is_one_line_error(config_path, t
     assert not list(out.glob("checkpoints/*"))
 
 
+def test_micro_batch_left_unset_follows_the_ranks(config_path, reference, tmp_path):
+    # The same run without micro_batch_size: auto splits the global batch of 8 into one
+    # micro-batch of 4 per rank, and the loss follows one process accumulating 4 of 2.
+    unset = config_path.parent / "tiny-auto-micro.yaml"
+    text = config_path.read_text()
+    assert "micro_batch_size: 2," in text
+    unset.write_text(text.replace("micro_batch_size: 2,", ""))
+    out = fresh_out(config_path, tmp_path, "auto-micro")
+    proc = torchrun(unset, out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((out / "run_config.json").read_text())["train"]["micro_batch_size"] == 4
+    expected, got = metrics(reference), metrics(out)
+    assert [r["step"] for r in got] == [r["step"] for r in expected]
+    for want, have in zip(expected, got):
+        assert have["loss"] == pytest.approx(want["loss"], rel=1e-5), want["step"]
+
+
 class _RunsCode:
     def __reduce__(self):
         return (os.system, ("touch pwned",))

@@ -72,8 +72,8 @@ def test_explicit_micro_batch_is_kept_and_checked():
 
     run = load_run_config(None, ["--train.micro_batch_size=4"])
     assert settle_micro_batch(run, torch.device("cpu"), 2).train.micro_batch_size == 4
-    with pytest.raises(UserError, match=r"train.micro_batch_size=4: a global batch of 16 sequences does "
-                                        r"not split into micro-batches of 4 on 8 rank\(s\)"):
+    with pytest.raises(UserError, match=r"train.batch_size: a global batch of 16 sequences does not split "
+                                        r"into micro-batches of 4 \(train.micro_batch_size\) on 8 rank\(s\)"):
         settle_micro_batch(run, torch.device("cpu"), 8)
 
 

@@ -201,9 +201,9 @@ def _check_split(run: RunConfig, world: int) -> None:
         try:
             accumulation_steps(size, micro, world)
         except ValueError:
-            raise UserError(f"train.micro_batch_size={micro}: a global batch of {size} sequences does not "
-                            f"split into micro-batches of {micro} on {world} rank(s); "
-                            "use a divisor of batch_size / ranks, or auto") from None
+            raise UserError(f"train.batch_size: a global batch of {size} sequences does not split into "
+                            f"micro-batches of {micro} (train.micro_batch_size) on {world} rank(s); "
+                            "give a divisor of the batch per rank, or auto") from None
 
 
 def _step_bytes(run: RunConfig, config: ModelConfig, micro: int, world: int) -> dict[str, int]:
