@@ -1,20 +1,55 @@
 """Where training metrics go: `OUT/metrics.jsonl` (one JSON object per logged step), TensorBoard,
-and a short postfix for the progress bar."""
+and a short postfix for the progress bar.
+
+MFU is stated against a matmul rate measured on the machine (see `MatmulPeak`), never above 100%:
+a step that seems faster than the peak shows "MFU n/a" and logs `mfu: null`.
+"""
 
 from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
+from typing import Callable
+
+MFU_NOT_AVAILABLE = "MFU n/a: step faster than the measured peak"
+
+
+class MatmulPeak:
+    """The matmul FLOP/s (all ranks together) that MFU is stated against: the best of the start-up
+    measurement and one re-measurement, taken the first time a step seems to beat the peak.
+
+    A start-up figure measured while other work shared the cores can come out several times too
+    low, which would inflate every MFU of the run by as much.
+    """
+
+    def __init__(self, flops: float, remeasure: Callable[[], float] | None = None) -> None:
+        self.at_start = self.best = flops
+        self._remeasure = remeasure
+
+    def remeasure(self) -> bool:
+        """Measure once more and keep the higher figure; False when that was done already (or no
+        measurement is possible)."""
+        if self._remeasure is None:
+            return False
+        measure, self._remeasure = self._remeasure, None
+        self.best = max(self.best, measure())
+        return True
+
+    def restated(self, mfu_at_start: float) -> float:
+        """An MFU stated against the start-up figure, restated against the best one."""
+        return mfu_at_start * self.at_start / self.best if self.best > 0 else math.inf
 
 
 class MetricsLogger:
     """`write=False` (every rank but 0 under torchrun) keeps the last values in memory only."""
 
     def __init__(self, out_dir: str | Path, resume_step: int = 0, tensorboard: bool = True,
-                 write: bool = True) -> None:
+                 write: bool = True, peak: MatmulPeak | None = None) -> None:
         self.path = Path(out_dir) / "metrics.jsonl"
         self.write = write
+        self.peak = peak  # the figure records' `mfu` was computed against, at start
         self.last: dict = {}
         self.last_val: float | None = None
         self.writer = None
@@ -44,6 +79,7 @@ class MetricsLogger:
         self.path.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
 
     def log(self, record: dict) -> None:
+        record = self._checked_mfu(record)
         self.last = record
         if "val_loss" in record:
             self.last_val = record["val_loss"]
@@ -60,6 +96,24 @@ class MetricsLogger:
                 self.writer.add_scalar(f"lr/{name}", lr, step)
             self.writer.flush()
 
+    def _checked_mfu(self, record: dict) -> dict:
+        """`mfu` against the best peak measured, with that peak (`peak_flops`); None where the
+        step would beat the peak even after measuring it again."""
+        if "mfu" not in record:
+            return record
+        stated, peak = record["mfu"], self.peak
+        mfu = stated if peak is None else peak.restated(stated)
+        if mfu > 1 and peak is not None and peak.remeasure():
+            mfu = peak.restated(stated)
+            if self.write:
+                print(f"xmodel2: matmul peak measured again: {peak.at_start / 1e9:,.0f} -> "
+                      f"{peak.best / 1e9:,.0f} GFLOP/s (MFU is stated against the higher)",
+                      file=sys.stderr, flush=True)
+        checked = {**record, "mfu": mfu if 0 <= mfu <= 1 else None}
+        if peak is not None:
+            checked["peak_flops"] = peak.best
+        return checked
+
     def postfix(self) -> str:
         if not self.last:
             return ""
@@ -69,7 +123,8 @@ class MetricsLogger:
         parts.append(f"lr {self.last['lr']:.2e}")
         if "tokens_per_s" in self.last:
             parts.append(f"{self.last['tokens_per_s']:,.0f} tok/s")
-            parts.append(f"MFU {100 * self.last.get('mfu', 0):.1f}%")
+            mfu = self.last.get("mfu", 0.0)
+            parts.append(MFU_NOT_AVAILABLE if mfu is None else f"MFU {100 * mfu:.1f}%")
         return " ".join(parts)
 
     def close(self) -> None:

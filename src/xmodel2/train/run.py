@@ -31,7 +31,7 @@ from xmodel2.train import distributed, flops
 from xmodel2.train.checkpoint import STATE_FILE, latest_checkpoint
 from xmodel2.train.dist_checkpoint import newest_resumable_checkpoint, restore_optimizer
 from xmodel2.train.hardware import measure_matmul_flops, pick_device, resolve_precision
-from xmodel2.train.metrics import MetricsLogger, Progress
+from xmodel2.train.metrics import MatmulPeak, MetricsLogger, Progress
 from xmodel2.train.runconfig import REPORT_HALF_LIFE, RunConfig, model_config
 from xmodel2.train.schedule import BatchSchedule, WSDSchedule, accumulation_steps, largest_micro_batch
 from xmodel2.train.trainer import LoopSettings, Trainer, evaluate_loss
@@ -387,7 +387,10 @@ def _run(run: RunConfig, out_dir: Path, init_from: str | Path | None, show_progr
         return plan.dataset.training_pair(range(first, first + run.train.micro_batch_size))
 
     val_blocks = _validation_blocks(run, shard_dirs)
-    peak = measure_matmul_flops(torch.bfloat16 if run.train.precision == "bf16" else torch.float32, device)
+    peak_dtype = torch.bfloat16 if run.train.precision == "bf16" else torch.float32
+    # Up to 8192 wide (it stops growing where a CPU gets slow): 1024-wide products leave a GPU
+    # waiting on kernel launches far below its peak, and every MFU would come out too high.
+    peak = measure_matmul_flops(peak_dtype, device, size=8192)
     settings = LoopSettings(
         total_steps=run.train.steps,
         accumulation=accumulation,
@@ -398,7 +401,8 @@ def _run(run: RunConfig, out_dir: Path, init_from: str | Path | None, show_progr
         flops_per_token=flops.training_flops_per_token(config, run.data.seq_len),
         peak_flops=peak * world, world_size=world)
     main = distributed.is_main_process()
-    logger = MetricsLogger(out_dir, resume_step=start_step, write=main)
+    logger = MetricsLogger(out_dir, resume_step=start_step, write=main, peak=MatmulPeak(
+        peak * world, remeasure=lambda: world * measure_matmul_flops(peak_dtype, device, size=8192)))
     trainer = Trainer(model, optimizer, settings, micro_batch, schedule.factor, run.train.lr, out_dir,
                       resolved, logger, device, validation=val_blocks, tokenizer_dir=tokenizer_path,
                       compiled_model=compiled, stage_of=lambda s: stage_at(plans, s).name,
