@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from xmodel2.train.hardware import measure_matmul_flops
-from xmodel2.train.metrics import MFU_NOT_AVAILABLE, MatmulPeak, MetricsLogger, Progress
+from xmodel2.train.metrics import MFU_NOT_AVAILABLE, MatmulPeak, MetricsLogger, Progress, mfu_text
 
 
 def step_record(mfu: float, step: int = 10) -> dict:
@@ -20,6 +20,11 @@ def step_record(mfu: float, step: int = 10) -> dict:
 
 def logged(out_dir) -> list[dict]:
     return [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_mfu_text():
+    assert [mfu_text(v) for v in (0.0, 0.415, 1.0)] == ["MFU 0.0%", "MFU 41.5%", "MFU 100.0%"]
+    assert {mfu_text(v) for v in (None, 1.001, 12.0, -0.1, math.inf, math.nan)} == {MFU_NOT_AVAILABLE}
 
 
 def test_an_mfu_within_the_peak_is_shown(tmp_path):

@@ -16,6 +16,14 @@ from typing import Callable
 MFU_NOT_AVAILABLE = "MFU n/a: step faster than the measured peak"
 
 
+def mfu_text(mfu: float | None) -> str:
+    """`MFU 41.5%`, or MFU_NOT_AVAILABLE for a figure above 100% (or none): a step cannot run
+    faster than the machine's matmul peak, so such a figure says the peak was measured too low."""
+    if mfu is None or not 0 <= mfu <= 1:
+        return MFU_NOT_AVAILABLE
+    return f"MFU {100 * mfu:.1f}%"
+
+
 class MatmulPeak:
     """The matmul FLOP/s (all ranks together) that MFU is stated against: the best of the start-up
     measurement and one re-measurement, taken the first time a step seems to beat the peak.
@@ -123,8 +131,7 @@ class MetricsLogger:
         parts.append(f"lr {self.last['lr']:.2e}")
         if "tokens_per_s" in self.last:
             parts.append(f"{self.last['tokens_per_s']:,.0f} tok/s")
-            mfu = self.last.get("mfu", 0.0)
-            parts.append(MFU_NOT_AVAILABLE if mfu is None else f"MFU {100 * mfu:.1f}%")
+            parts.append(mfu_text(self.last.get("mfu", 0.0)))
         return " ".join(parts)
 
     def close(self) -> None:
