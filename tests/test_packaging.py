@@ -64,7 +64,8 @@ def test_a_command_that_fails_to_import_is_an_error_naming_it(extra_command_fold
 def wheel(tmp_path_factory) -> Path:
     """A wheel built from a copy of the working tree: a build inside the tree would leave build/
     behind, and stale files there could end up in the wheel."""
-    pytest.importorskip("setuptools", reason="building the wheel needs setuptools (no build isolation)")
+    pytest.importorskip("setuptools", minversion="70.1",
+                        reason="building the wheel without build isolation needs setuptools >= 70.1")
     root = tmp_path_factory.mktemp("wheel")
     source = root / "source"
     source.mkdir()
