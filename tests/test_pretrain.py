@@ -215,9 +215,11 @@ def test_finish_prints_sample_perplexity_and_plot(config_path, tmp_path, capsys)
     assert state.step == 12 and state.tokens == 12 * 8 * 32
 
 
-# The embedded default's way of stating lengths: fractions of train.steps and halvings of the decay.
+# The embedded default's way of stating lengths: fractions of train.steps and halvings of the decay;
+# and a small share, which a 2-step run would cut below one sequence (it gets one).
 AS_FRACTIONS = ("--stages.1.steps=0.2", "--train.warmup_steps=0.0667", "--stages.1.decay.half_life=null",
-                "--stages.1.decay.halvings=5", "--train.micro_batch_size=auto")
+                "--stages.1.decay.halvings=5", "--train.micro_batch_size=auto",
+                "--stages.0.mixture.wiki=0.95", "--stages.0.mixture.math=0.05")
 
 
 @pytest.mark.parametrize("steps, stable, warmup", [(2, 1, 0), (16, 13, 1)])

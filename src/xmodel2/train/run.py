@@ -296,7 +296,7 @@ def plan_stages(run: RunConfig, shard_dirs: dict[str, Path], batches: BatchSched
         stage_tokens = (batches.offset(end) - batches.offset(start)) * run.data.seq_len
         specs = []
         for source, amount in stage.mixture.items():
-            tokens = int(amount) if amount > 1 else int(round(amount * stage_tokens))
+            tokens = int(amount) if amount > 1 else _share_tokens(amount, stage_tokens, run.data.seq_len)
             if tokens > 0:
                 specs.append(SourceSpec(name=source, path=str(shard_dirs[source]), tokens=tokens,
                                         max_repeats=stage.max_repeats, target_mask=masks.get(source)))
@@ -304,6 +304,13 @@ def plan_stages(run: RunConfig, shard_dirs: dict[str, Path], batches: BatchSched
         plans.append(StagePlan(stage.name, start, end, dataset))
         start = end
     return plans
+
+
+def _share_tokens(share: float, stage_tokens: int, seq_len: int) -> int:
+    """Tokens of a mixture share; a positive share gets at least one sequence, so that a run cut
+    short (a smoke test of a few steps) still draws on every source its mixture names."""
+    tokens = int(round(share * stage_tokens))
+    return max(tokens, seq_len) if share > 0 else 0
 
 
 def stage_at(plans: list[StagePlan], step: int) -> StagePlan:
