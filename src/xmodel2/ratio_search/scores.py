@@ -28,12 +28,15 @@ from xmodel2.train.trainer import autocast_context, evaluate_loss
 ACCURACY_METRICS = ("acc", "exact_match", "pass@1")  # the headline metric of each task kind
 EVAL_BATCH_SIZE = 8  # `xmodel2 eval`'s default --batch-size
 ANSWER_BATCH = 16  # sequences per forward pass of the answer loss
+# Sequences per forward pass of the held-out loss; fixed, because the training micro-batch may be
+# "auto" (settled only inside the run) and scoring must not depend on how a branch was split.
+HELDOUT_BATCH = 16
 
 
 def heldout_loss(model, run: RunConfig, shard_dir: Path, sequences: int, device) -> float:
     """Mean next-token loss over the first `sequences` packed sequences of a held-out shard."""
     data = SequentialDataset(str(shard_dir), run.data.seq_len, max_sequences=sequences)
-    size = run.train.micro_batch_size
+    size = HELDOUT_BATCH
     blocks = [data.sequences(range(i, min(len(data), i + size))) for i in range(0, len(data), size)]
     return evaluate_loss(model, blocks, run.train.precision, device)
 
