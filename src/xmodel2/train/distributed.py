@@ -12,7 +12,9 @@ applied afterwards in one function, `parallelize` (torchtitan's layout):
 
 The unit that DDP and FSDP wrap is `LossModule`, whose forward returns the loss: the tied
 embedding is also the output projection, used after the decoder's forward, and only a wrapper
-whose forward covers the loss makes DDP's reducer and FSDP's unshard hooks see that use.
+whose forward covers the loss makes DDP's reducer and FSDP's unshard hooks see that use. Its
+optional `normalizer` replaces the micro-batch's own count of target tokens as the divisor, so
+training can weigh every target token of the global batch alike (trainer.accumulate_gradients).
 """
 
 from __future__ import annotations
@@ -39,15 +41,18 @@ _preparation_group = None
 
 
 class LossModule(nn.Module):
-    """`(input_ids, targets) -> mean next-token loss` of a model (see the module docstring)."""
+    """`(input_ids, targets[, normalizer]) -> next-token loss`, the mean by default (see the module
+    docstring)."""
 
     def __init__(self, model: nn.Module, compile_loss: bool | None = None) -> None:
         super().__init__()
         self.model = model
         self.compile_loss = compile_loss  # None: compile it when the model is compiled
 
-    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return next_token_loss(self.model, input_ids, targets, compile_loss=self.compile_loss)
+    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor,
+                normalizer: float | None = None) -> torch.Tensor:
+        return next_token_loss(self.model, input_ids, targets, compile_loss=self.compile_loss,
+                               normalizer=normalizer)
 
 
 # ---- process group and ranks -----------------------------------------------------------------------
@@ -116,13 +121,19 @@ def main_process_first() -> Iterator[None]:
         dist.barrier(group=group)
 
 
-def all_reduce_mean(value: float, device: torch.device) -> float:
-    """The mean of a per-rank number over all ranks (the number itself when not distributed)."""
+def all_reduce_sum(value: float, device: torch.device) -> float:
+    """The sum of a per-rank number over all ranks (the number itself when not distributed);
+    float64, so counts of tokens stay exact."""
     if not is_distributed():
         return value
     tensor = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    return tensor.item() / world_size()
+    return tensor.item()
+
+
+def all_reduce_mean(value: float, device: torch.device) -> float:
+    """The mean of a per-rank number over all ranks (the number itself when not distributed)."""
+    return all_reduce_sum(value, device) / world_size()
 
 
 # ---- parallelize -----------------------------------------------------------------------------------

@@ -168,25 +168,28 @@ def linear_cross_entropy_sum(hidden: torch.Tensor, weight: torch.Tensor, targets
 
 
 def next_token_loss(model: torch.nn.Module, input_ids: torch.Tensor, targets: torch.Tensor,
-                    chunk_rows: int | None = None, compile_loss: bool | None = None) -> torch.Tensor:
-    """Mean cross-entropy over target tokens that are not IGNORE_INDEX.
+                    chunk_rows: int | None = None, compile_loss: bool | None = None,
+                    normalizer: float | None = None) -> torch.Tensor:
+    """Cross-entropy summed over target tokens that are not IGNORE_INDEX, divided by `normalizer`:
+    by default their count, i.e. the mean.
 
-    `model` may be a `Transformer` or `torch.compile(transformer)`; `compile_loss` defaults to
-    whether the model is compiled.
+    Training passes the count of target tokens of the whole global batch instead, so that a step's
+    loss is the mean over all of them however they split into micro-batches and ranks; the fused
+    loss sums, so the normaliser costs one scalar division. `model` may be a `Transformer` or
+    `torch.compile(transformer)`; `compile_loss` defaults to whether the model is compiled.
     """
     hidden = model(input_ids, output_hidden=True)
     if compile_loss is None:
         compile_loss = hasattr(model, "_orig_mod")
-    return hidden_loss(getattr(model, "_orig_mod", model), hidden, targets, chunk_rows, compile_loss)
+    head = getattr(model, "_orig_mod", model)
+    total = linear_cross_entropy_sum(hidden.reshape(-1, hidden.shape[-1]), head.output_weight,
+                                     targets.reshape(-1), head.logit_multiplier, chunk_rows, compile_loss)
+    return total / (target_count(targets) if normalizer is None else normalizer)
 
 
-def hidden_loss(model: Transformer, hidden: torch.Tensor, targets: torch.Tensor,
-                chunk_rows: int | None = None, compile_loss: bool = False) -> torch.Tensor:
-    targets = targets.reshape(-1)
-    count = (targets != IGNORE_INDEX).sum().clamp(min=1)
-    total = linear_cross_entropy_sum(hidden.reshape(-1, hidden.shape[-1]), model.output_weight, targets,
-                                     model.logit_multiplier, chunk_rows, compile_loss)
-    return total / count
+def target_count(targets: torch.Tensor) -> torch.Tensor:
+    """Targets that carry loss (at least 1, so an all-masked batch gives 0 rather than NaN)."""
+    return (targets != IGNORE_INDEX).sum().clamp(min=1)
 
 
 def per_token_loss(model: Transformer, input_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from xmodel2.data.plan import DataPlan
 from xmodel2.errors import UserError
 from xmodel2.fileio import atomic_write_json, read_json
 from xmodel2.folders import claim_run_folder
@@ -383,37 +384,25 @@ def _run(run: RunConfig, out_dir: Path, init_from: str | Path | None, show_progr
         start_step, start_tokens = int(meta["step"]), int(meta["tokens"])
         say(f"xmodel2: resuming from {source} (step {start_step}, {start_tokens:,} tokens)")
 
-    def accumulation(step: int) -> int:
-        return accumulation_steps(batches.size(step), run.train.micro_batch_size, world)
-
-    def micro_batch(step: int, micro: int) -> tuple[torch.Tensor, torch.Tensor]:
-        # Rank r's micro-batches are the r-th contiguous share of the step's global batch.
-        plan = stage_at(plans, step)
-        index = rank * accumulation(step) + micro
-        first = batches.offset(step) - batches.offset(plan.start) + index * run.train.micro_batch_size
-        return plan.dataset.training_pair(range(first, first + run.train.micro_batch_size))
-
+    data = DataPlan(plans, batches, run.train.micro_batch_size, world)
     val_blocks = _validation_blocks(run, shard_dirs)
     peak_dtype = torch.bfloat16 if run.train.precision == "bf16" else torch.float32
     # Up to 8192 wide (it stops growing where a CPU gets slow): 1024-wide products leave a GPU
     # waiting on kernel launches far below its peak, and every MFU would come out too high.
     peak = measure_matmul_flops(peak_dtype, device, size=8192)
     settings = LoopSettings(
-        total_steps=run.train.steps,
-        accumulation=accumulation,
-        tokens_per_micro_batch=run.train.micro_batch_size * run.data.seq_len,
+        total_steps=run.train.steps, seq_len=run.data.seq_len,
         grad_clip=run.train.grad_clip, precision=run.train.precision, log_every=run.train.log_every,
         val_every=run.train.val_every, checkpoint_every=run.checkpoint.every,
         checkpoint_keep=run.checkpoint.keep,
         flops_per_token=flops.training_flops_per_token(config, run.data.seq_len),
-        peak_flops=peak * world, world_size=world)
+        peak_flops=peak * world, rank=rank)
     main = distributed.is_main_process()
     logger = MetricsLogger(out_dir, resume_step=start_step, write=main, peak=MatmulPeak(
         peak * world, remeasure=lambda: world * measure_matmul_flops(peak_dtype, device, size=8192)))
-    trainer = Trainer(model, optimizer, settings, micro_batch, schedule.factor, run.train.lr, out_dir,
+    trainer = Trainer(model, optimizer, settings, data, schedule.factor, run.train.lr, out_dir,
                       resolved, logger, device, validation=val_blocks, tokenizer_dir=tokenizer_path,
-                      compiled_model=compiled, stage_of=lambda s: stage_at(plans, s).name,
-                      loss_module=loss_module)
+                      compiled_model=compiled, loss_module=loss_module)
     trainer.step, trainer.tokens = start_step, start_tokens
     if main:
         atomic_write_json(out_dir / "run_config.json", resolved)

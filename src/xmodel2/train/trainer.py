@@ -1,13 +1,14 @@
 """The training loop: AdamW under a WSD schedule, gradient accumulation, validation, checkpoints.
 
-The loop is generic: it asks `batch_for_step(step, micro_index)` for data (a pure function of the
-step, so resume and any world size read the same data), `lr_factor(step)` for the schedule, and
-reports every logged step to the `MetricsLogger`. Under torchrun every rank runs this same loop on
-its own micro-batches; `loss_module` is then the DDP- or FSDP-wrapped loss (distributed.py),
-gradients are reduced across ranks on each step's last micro-batch only, and the logged loss is
-the mean over ranks, i.e. over the whole global batch. Everything that writes files happens here in
-one place, after the optimizer step, so a kill at any moment loses at most the steps since the
-last checkpoint and never corrupts one.
+The loop is generic: it asks the data plan (data/plan.py) for each step's micro-batches (a pure
+function of step, micro-batch and rank, so resume and any world size read the same data),
+`lr_factor(step)` for the schedule, and reports every logged step to the `MetricsLogger`. Under
+torchrun every rank runs this same loop on its own micro-batches; `loss_module` is then the DDP- or
+FSDP-wrapped loss (distributed.py) and gradients are reduced across ranks on each step's last
+micro-batch only. A step's loss, trained and logged, is the mean over every target token of the
+global batch (see `accumulate_gradients`). Everything that writes files happens here in one place,
+after the optimizer step, so a kill at any moment loses at most the steps since the last
+checkpoint and never corrupts one.
 """
 
 from __future__ import annotations
@@ -21,14 +22,16 @@ from typing import Callable
 
 import torch
 
+from xmodel2.data.plan import DataPlan, MicroBatch
+from xmodel2.data.sft_mask import IGNORE_INDEX
 from xmodel2.errors import UserError
 from xmodel2.model.mup import set_learning_rate
 from xmodel2.model.transformer import Transformer
 from xmodel2.train.checkpoint import TrainingState, save_checkpoint
 from xmodel2.train.dist_checkpoint import save_sharded_checkpoint
 from xmodel2.train.hardware import resolve_precision
-from xmodel2.train.distributed import (LossModule, all_reduce_mean, clip_grad_norm, gradient_sync,
-                                       is_distributed)
+from xmodel2.train.distributed import (LossModule, all_reduce_mean, all_reduce_sum, clip_grad_norm,
+                                       gradient_sync, is_distributed)
 
 
 class TrainingDiverged(UserError):
@@ -38,8 +41,7 @@ class TrainingDiverged(UserError):
 @dataclass
 class LoopSettings:
     total_steps: int
-    accumulation: Callable[[int], int]  # micro-batches at a step, on each rank
-    tokens_per_micro_batch: int
+    seq_len: int  # tokens per training sequence, for the count of tokens trained on
     grad_clip: float
     precision: str  # "bf16" or "fp32"
     log_every: int
@@ -48,7 +50,7 @@ class LoopSettings:
     checkpoint_keep: int
     flops_per_token: float
     peak_flops: float  # of all ranks together
-    world_size: int = 1
+    rank: int = 0  # which share of every global batch this process trains on
 
 
 def autocast_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
@@ -66,34 +68,63 @@ def evaluate_loss(model: Transformer, batches: list[torch.Tensor], precision: st
 @torch.no_grad()
 def mean_loss(loss_module: torch.nn.Module, batches: list[torch.Tensor], precision: str,
               device: torch.device) -> float:
-    """Token-weighted mean of a loss module over (n, seq+1) blocks. Distributed, every rank
+    """Mean over all target tokens of a loss module over (n, seq+1) blocks. Distributed, every rank
     evaluates every block (FSDP needs all ranks in each forward), so all get the same value."""
     was_training = loss_module.training
     loss_module.eval()
     total, count = 0.0, 0
     for block in batches:
         block = block.to(device)
+        targets = block[:, 1:]
         with autocast_context(precision, device):
-            loss = loss_module(block[:, :-1], block[:, 1:])
-        n = block[:, 1:].numel()
-        total += loss.item() * n
-        count += n
+            total += loss_module(block[:, :-1], targets, normalizer=1.0).item()  # the sum
+        count += int((targets != IGNORE_INDEX).sum())
     loss_module.train(was_training)
     return total / max(1, count)
 
 
+def accumulate_gradients(loss_module: torch.nn.Module, micro_batches: list[MicroBatch], world_size: int,
+                         precision: str, device: torch.device) -> float:
+    """Forward and backward over this rank's micro-batches of one step; returns the step's loss.
+
+    The step's loss is the mean over every target token of the global batch. So each micro-batch
+    adds its summed loss divided by the global count of target tokens, never its own mean: once
+    masks make micro-batches unequal, a mean of means would weigh a token of a sparse micro-batch
+    above one of a full micro-batch, and the result would change with the micro-batch size and the
+    number of ranks. DDP and FSDP average gradients over ranks, so each rank divides by its
+    1/world_size share of the global count, and the average comes out as the global sum / count.
+
+    The global count is the ranks' own counts summed by one all-reduce of one number per step. The
+    plan is deterministic, so every rank could count all ranks' targets itself, but each would then
+    read the whole global batch, world_size times its own share, while one small collective costs
+    next to nothing beside a step.
+    """
+    local_targets = sum(batch.target_tokens for batch in micro_batches)
+    normalizer = max(1.0, all_reduce_sum(float(local_targets), device)) / world_size
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    for index, batch in enumerate(micro_batches):
+        with gradient_sync(loss_module, enabled=index == len(micro_batches) - 1):
+            with autocast_context(precision, device):
+                loss = loss_module(batch.inputs.to(device, non_blocking=True),
+                                   batch.targets.to(device, non_blocking=True), normalizer=normalizer)
+            loss.backward()
+        total += loss.detach()
+    # The ranks' shares average to the global mean; every rank gets it, so all stop together on a NaN.
+    return all_reduce_mean(total.item(), device)
+
+
 class Trainer:
     def __init__(self, model: Transformer, optimizer: torch.optim.Optimizer, settings: LoopSettings,
-                 batch_for_step: Callable[[int, int], torch.Tensor], lr_factor: Callable[[int], float],
+                 data: DataPlan, lr_factor: Callable[[int], float],
                  base_lr: float, out_dir: Path, run_config: dict, logger, device: torch.device,
                  validation: list[torch.Tensor] | None = None, tokenizer_dir: Path | None = None,
-                 compiled_model: torch.nn.Module | None = None, stage_of: Callable[[int], str] = lambda s: "",
+                 compiled_model: torch.nn.Module | None = None,
                  loss_module: torch.nn.Module | None = None) -> None:
         self.model = model
         self.loss_module = loss_module or LossModule(compiled_model or model)
         self.optimizer = optimizer
         self.settings = settings
-        self.batch_for_step = batch_for_step
+        self.data = data
         self.lr_factor = lr_factor
         self.base_lr = base_lr
         self.out_dir = Path(out_dir)
@@ -102,33 +133,18 @@ class Trainer:
         self.device = device
         self.validation = validation or []
         self.tokenizer_dir = tokenizer_dir
-        self.stage_of = stage_of
         self.step = 0
         self.tokens = 0
 
-    def _loss(self, batch: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        """Loss of one micro-batch: a (n, seq+1) token block, or (inputs, targets) when some
-        targets are masked out."""
-        if isinstance(batch, tuple):
-            inputs, targets = (t.to(self.device, non_blocking=True) for t in batch)
-        else:
-            block = batch.to(self.device, non_blocking=True)
-            inputs, targets = block[:, :-1], block[:, 1:]
-        with autocast_context(self.settings.precision, self.device):
-            return self.loss_module(inputs, targets)
+    def stage_of(self, step: int) -> str:
+        return self.data.stage_at(step).name
 
     def train_step(self, step: int) -> tuple[float, float]:
-        """One optimizer step; returns (mean loss over the global batch, grad norm before clipping)."""
-        accumulation = self.settings.accumulation(step)
+        """One optimizer step; returns (mean loss over the global batch's target tokens, grad norm
+        before clipping)."""
         set_learning_rate(self.optimizer, self.base_lr * self.lr_factor(step))
-        total = 0.0
-        for micro in range(accumulation):
-            with gradient_sync(self.loss_module, enabled=micro == accumulation - 1):
-                loss = self._loss(self.batch_for_step(step, micro)) / accumulation
-                loss.backward()
-            total += loss.item()
-        # Every rank sees the same mean, so all of them stop together on a NaN.
-        total = all_reduce_mean(total, self.device)
+        total = accumulate_gradients(self.loss_module, self.data.rank_micro_batches(step, self.settings.rank),
+                                     self.data.world_size, self.settings.precision, self.device)
         if not math.isfinite(total):
             raise TrainingDiverged(
                 f"loss is {total} at step {step}; stopped without applying it. The last good "
@@ -141,13 +157,13 @@ class Trainer:
         return total, grad_norm
 
     def _step_tokens(self, step: int) -> int:
-        s = self.settings
-        return s.accumulation(step) * s.tokens_per_micro_batch * s.world_size
+        """Tokens the global batch of `step` feeds in, masked targets included."""
+        return self.data.batches.size(step) * self.settings.seq_len
 
     def checkpoint(self) -> Path:
         state = TrainingState(step=self.step, tokens=self.tokens, run_config=self.run_config,
                               extra={"stage": self.stage_of(max(0, self.step - 1)),
-                                     "world_size": self.settings.world_size})
+                                     "world_size": self.data.world_size})
         save = save_sharded_checkpoint if is_distributed() else save_checkpoint
         return save(self.out_dir, self.model, self.optimizer, state, self.tokenizer_dir,
                     keep=self.settings.checkpoint_keep)
