@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from xmodel2.train.schedule import (BatchSchedule, StageSplitError, WSDSchedule, accumulation_steps,
+from xmodel2.train.schedule import (BatchSchedule, StageSplitError, WSDSchedule,
                                     largest_micro_batch, length_steps, split_steps, wsd_factor)
 
 
@@ -73,11 +73,7 @@ def test_batch_schedule_sizes_and_offsets():
     assert all(b.offset(s + 1) - b.offset(s) == b.size(s) for s in range(40))
 
 
-def test_accumulation_steps():
-    assert accumulation_steps(32, 8) == 4
-    assert accumulation_steps(32, 8, world_size=2) == 2
-    with pytest.raises(ValueError):
-        accumulation_steps(30, 8)
+def test_a_batch_schedule_starts_at_step_0():
     with pytest.raises(ValueError):
         BatchSchedule(((5, 8),))
 

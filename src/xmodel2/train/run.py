@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from xmodel2.data.plan import DataPlan
+from xmodel2.data.plan import DataPlan, micro_batches_per_rank
 from xmodel2.errors import UserError
 from xmodel2.fileio import atomic_write_json, read_json
 from xmodel2.folders import claim_run_folder
@@ -34,7 +34,7 @@ from xmodel2.train.dist_checkpoint import newest_resumable_checkpoint, restore_o
 from xmodel2.train.hardware import measure_matmul_flops, pick_device, resolve_precision
 from xmodel2.train.metrics import MatmulPeak, MetricsLogger, Progress
 from xmodel2.train.runconfig import REPORT_HALF_LIFE, RunConfig, model_config
-from xmodel2.train.schedule import BatchSchedule, WSDSchedule, accumulation_steps, largest_micro_batch
+from xmodel2.train.schedule import BatchSchedule, WSDSchedule, largest_micro_batch
 from xmodel2.train.trainer import LoopSettings, Trainer, evaluate_loss
 
 
@@ -200,7 +200,7 @@ def _check_split(run: RunConfig, world: int) -> None:
     micro = run.train.micro_batch_size
     for _, size in batch_schedule(run).segments:
         try:
-            accumulation_steps(size, micro, world)
+            micro_batches_per_rank(size, micro, world)
         except ValueError:
             raise UserError(f"train.batch_size: a global batch of {size} sequences does not split into "
                             f"micro-batches of {micro} (train.micro_batch_size) on {world} rank(s); "
@@ -312,13 +312,6 @@ def _share_tokens(share: float, stage_tokens: int, seq_len: int) -> int:
     short (a smoke test of a few steps) still draws on every source its mixture names."""
     tokens = int(round(share * stage_tokens))
     return max(tokens, seq_len) if share > 0 else 0
-
-
-def stage_at(plans: list[StagePlan], step: int) -> StagePlan:
-    for plan in plans:
-        if plan.start <= step < plan.end:
-            return plan
-    return plans[-1]
 
 
 # ---- the run ---------------------------------------------------------------------------------------

@@ -111,15 +111,6 @@ class BatchSchedule:
         return int(total)
 
 
-def accumulation_steps(global_batch: int, micro_batch: int, world_size: int = 1) -> int:
-    """Micro-batches per rank per step; the global batch must split evenly."""
-    per_rank, remainder = divmod(global_batch, world_size)
-    if remainder or per_rank % micro_batch:
-        raise ValueError(f"global batch {global_batch} does not split into micro-batches of "
-                         f"{micro_batch} on {world_size} rank(s)")
-    return per_rank // micro_batch
-
-
 def largest_micro_batch(per_rank_batches: Sequence[int], fits: Callable[[int], bool]) -> int:
     """The largest micro-batch that divides every per-rank batch and for which `fits` holds;
     1 when none does (a memory check then says what one sequence needs)."""
