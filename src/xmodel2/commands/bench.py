@@ -99,9 +99,11 @@ def run(args: argparse.Namespace) -> int:
     say(f"{'variant':24s} {'s/step':>8s} {'tokens/s':>10s} {'MFU':>6s} {'x floor':>8s}")
     for name, sec in seconds.items():
         mfu = step_flops / sec / peaks[args.precision]
-        result["training"][name] = {"seconds": sec, "tokens_per_s": tokens / sec, "mfu": mfu,
+        shown = mfu if 0 <= mfu <= 1 else None  # above 100%: the peak was measured too low
+        result["training"][name] = {"seconds": sec, "tokens_per_s": tokens / sec, "mfu": shown,
                                     "x_matmul_floor": sec / floor}
-        say(f"{name:24s} {sec:8.3f} {tokens / sec:10.0f} {100 * mfu:5.1f}% {sec / floor:8.2f}")
+        mfu_cell = f"{100 * mfu:5.1f}%" if shown is not None else "   n/a"
+        say(f"{name:24s} {sec:8.3f} {tokens / sec:10.0f} {mfu_cell} {sec / floor:8.2f}")
     say(f"{'matmul floor':24s} {floor:8.3f} {tokens / floor:10.0f}")
 
     result["generation"] = {}
