@@ -164,7 +164,7 @@ def test_branch_refuses_a_bad_task_name_before_training(setup, tmp_path):
 def test_xmodel2_pretrain_runs_the_best_mixture(setup, tmp_path):
     _, out, _ = setup
     args = ["pretrain", str(out / "best-mixture.yaml"), "--out", str(tmp_path / "run"), "--no-progress", "--no-finish",
-            f"--tokenizer.path={out / 'stable' / 'tokenizer'}", "--train.steps=8", "--stages.1.steps=4"]
+            f"--tokenizer.path={out / 'stable' / 'tokenizer'}", "--train.steps=8", "--stages.0.steps=4", "--stages.1.steps=4"]
     assert main(args) == 0
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["step"] == 8 and records[-1]["stage"] == "decay"

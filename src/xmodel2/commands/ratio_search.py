@@ -9,11 +9,15 @@ HELP = """Search the decay-stage SFT share and category mix with short decay bra
 
 From one stable-stage checkpoint (--checkpoint, or trained first into OUT/stable from the
 config's stages before its decay stage), each trial trains the decay stage with another mixture
-(SFT share 0-90%, category mix) in one of --workers processes (one thread each), and is scored
-on held-out SFT and pretraining loss (and `xmodel2 eval` accuracy with --eval-tasks). Trials live
-in an Optuna study (--storage, default OUT/study.db): re-running resumes, and other machines may
-join with the same --storage/--study. Writes OUT/best-mixture.yaml (a run config for `xmodel2
-pretrain` with the best decay mixture), OUT/trials.jsonl and OUT/ratio-search.png.
+(SFT share 0-90%, category mix) in one of --workers processes (one per GPU with --device auto or
+cuda, else splitting the CPU's cores), and is scored on held-out SFT and pretraining loss (and
+`xmodel2 eval` accuracy with --eval-tasks). Trials live in an Optuna study (--storage, default
+OUT/study.db; a PostgreSQL or MySQL URL lets several machines share it): --trials is the study's
+total, so re-running resumes, and the same command on other machines (same --storage, --study
+and --checkpoint) splits the trials, none run twice; the trial of a worker that died (no
+heartbeat for 3 x --heartbeat seconds) is run again by a live one. Writes OUT/best-mixture.yaml
+(a run config for `xmodel2 pretrain` with the best decay mixture), OUT/trials.jsonl and
+OUT/ratio-search.png.
 --quick: a 240-step stable stage (unless --checkpoint), then 20 trials (10 shares x 2 mixes) of
 16 decay steps each, scored on smaller held-out sets.
 Config keys can be overridden as in pretrain: --train.seed=1 ...
@@ -30,8 +34,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sampler", choices=("grid", "tpe"), default="grid")
     parser.add_argument("--shares", default=None, help="grid SFT shares, comma-separated (default 0,0.1,...,0.9)")
     parser.add_argument("--mixes", default=None, help="grid category mixes: uniform,reasoning,knowledge,code")
-    parser.add_argument("--trials", type=int, default=None, help="completed trials wanted (default: grid size, 40 for tpe)")
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--trials", type=int, default=None,
+                        help="finished trials the study should hold, from every process (default: grid size, 40 for tpe)")
+    parser.add_argument("--workers", type=int, default=2, help="worker processes on this machine")
+    parser.add_argument("--device", default=None,
+                        help="where branches train: auto, cpu, cuda (one worker per GPU) or cuda:N "
+                             "(default: the config's train.device)")
+    parser.add_argument("--heartbeat", type=int, default=30,
+                        help="seconds between a running trial's heartbeats (default: %(default)s)")
     parser.add_argument("--stable-steps", type=int, default=None,
                         help="without --checkpoint: train the stable stage for this many steps (default: the config's)")
     parser.add_argument("--decay-steps", type=int, default=None, help="steps of each branch (default: the config's)")
@@ -72,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
         checkpoint=Path(args.checkpoint) if args.checkpoint else None,
         stable_steps=args.stable_steps or (240 if args.quick else None),
         held_out_percent=args.held_out_percent, sampler=args.sampler, trials=args.trials,
-        workers=args.workers, decay_steps=args.decay_steps or (16 if args.quick else None),
+        workers=args.workers, device=args.device, heartbeat=args.heartbeat,
+        decay_steps=args.decay_steps or (16 if args.quick else None),
         half_life=args.half_life, objective=args.objective, eval_tasks=args.eval_tasks,
         eval_limit=args.eval_limit, storage=args.storage, study=args.study,
         sft_sequences=32 if args.quick else 64, keep_checkpoints=args.keep_checkpoints, seed=args.seed)

@@ -18,6 +18,7 @@ from xmodel2.ratio_search.branch import BranchSettings, branch_template
 from xmodel2.ratio_search.study import (GRID_MIXES, OBJECTIVES, finished_trials, grid_values, open_study,
                                        run_workers, spec_for)
 from xmodel2.train.runconfig import RunConfig
+from xmodel2.train.study import HEARTBEAT_S, default_storage, worker_devices
 
 
 @dataclass
@@ -31,6 +32,8 @@ class SearchOptions:
     mixes: list[str] = field(default_factory=lambda: ["uniform", "reasoning"])
     trials: int | None = None
     workers: int = 2
+    device: str | None = None  # where the branches train (None: the run config's train.device)
+    heartbeat: int = HEARTBEAT_S  # seconds between a running trial's heartbeats
     decay_steps: int | None = None
     half_life: float | None = None
     objective: str = "mean"
@@ -93,6 +96,12 @@ def run_search(run: RunConfig, out_dir: Path, options: SearchOptions) -> dict:
         raise UserError(f"--mixes: unknown mix {unknown[0]!r} (mixes: {', '.join(GRID_MIXES)})")
     if any(not 0 <= s <= 1 for s in options.shares):
         raise UserError("--shares: every share must be in [0, 1]")
+    for option, value in (("--workers", options.workers), ("--heartbeat", options.heartbeat)):
+        if value < 1:
+            raise UserError(f"{option} must be at least 1, got {value}")
+    device = options.device or run.train.device
+    # an absent GPU fails before any training
+    worker_devices(device, options.workers, "--device" if options.device else "train.device")
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = options.checkpoint or stable_checkpoint(run, out_dir, options.stable_steps)
     if not checkpoint.is_dir():
@@ -106,20 +115,20 @@ def run_search(run: RunConfig, out_dir: Path, options: SearchOptions) -> dict:
 
     grid = grid_values(options.shares, options.mixes) if options.sampler == "grid" else None
     n_trials = options.trials or (len(options.shares) * len(options.mixes) if grid else 40)
-    storage = options.storage or f"sqlite:///{(out_dir / 'study.db').resolve()}"
+    storage = options.storage or default_storage(out_dir)
     settings = BranchSettings(run=template.to_dict(), checkpoint=str(checkpoint.resolve()),
                               out_dir=str(out_dir.resolve()), max_repeats=options.max_repeats,
                               sft_sequences=options.sft_sequences, eval_tasks=options.eval_tasks,
                               eval_limit=options.eval_limit, keep_checkpoints=options.keep_checkpoints)
     spec = spec_for(settings, storage, options.study, options.objective, n_trials, grid, options.seed,
-                    sorted(prepared.train_files))
+                    sorted(prepared.train_files), options.heartbeat)
     direction = OBJECTIVES[options.objective][1]
-    study = open_study(storage, options.study, direction, grid, options.seed, spec["attrs"])
+    study = open_study(storage, options.study, direction, grid, options.seed, spec["attrs"], options.heartbeat)
     done = finished_trials(study)
     if done < n_trials:
         say(f"xmodel2: {n_trials - done} of {n_trials} trials ({options.sampler}) to run with {options.workers} "
-            f"workers; study {options.study!r} in {storage}; logs in {out_dir}/worker-N.log")
-        run_workers(spec, out_dir, options.workers)
+            f"workers on {device}; study {options.study!r} in {storage}; logs in {out_dir}/worker-N.log")
+        run_workers(spec, out_dir, options.workers, device)
     return summarize(run, prepared, study, out_dir, options.objective, options.max_repeats)
 
 

@@ -1,4 +1,10 @@
-"""The Optuna side of the search: search space, objective, the study database and worker processes."""
+"""The Optuna side of the search: search space, objective, the study and worker processes.
+
+The study is set up by `xmodel2.train.study`, as the wind tunnel's is: the trial budget is the
+study's total, shared by every worker process on every machine; a trial whose worker died is
+run again with the same mixture; worker i trains on GPU i (round-robin), or the workers split
+the CPU's cores.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +18,8 @@ from pathlib import Path
 from xmodel2.data.sft import CATEGORIES
 from xmodel2.errors import UserError
 from xmodel2.ratio_search.branch import BranchSettings
+from xmodel2.train import study as shared_study
+from xmodel2.train.study import HEARTBEAT_S, StudySpec, seeded_per_trial, threads_per_worker, worker_devices
 
 # Category mixes of the grid search (weights are normalized): an even spread, and the report's
 # emphasis on reasoning (math and chain-of-thought logic) with code.
@@ -48,30 +56,21 @@ def sample(trial, grid: dict | None, categories: list[str]) -> tuple[float, dict
     return share, weights, max(weights, key=weights.get)
 
 
-def open_study(storage: str, name: str, direction: str, grid: dict | None, seed: int, attrs: dict):
+def open_study(storage: str, name: str, direction: str, grid: dict | None, seed: int, attrs: dict,
+               heartbeat_s: int = HEARTBEAT_S):
     """Create or reopen the study; a reopened study must have been made with the same settings."""
-    import warnings
-
     import optuna
-    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    # A worker that dies mid-trial stops its heartbeat; its trial is then retried once.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        rdb = RDBStorage(storage, heartbeat_interval=30, grace_period=120,
-                         heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
-    sampler = optuna.samplers.GridSampler(grid, seed=seed) if grid else optuna.samplers.TPESampler(seed=seed)
-    study = optuna.create_study(storage=rdb, study_name=name, direction=direction, sampler=sampler,
-                                load_if_exists=True)
-    saved = study.user_attrs.get("settings")
-    if saved is None:
-        study.set_user_attr("settings", attrs)
-    elif saved != attrs:
-        changed = sorted(k for k in set(saved) | set(attrs) if saved.get(k) != attrs.get(k))
-        raise UserError(f"study {name!r} in {storage} was made with other settings ({', '.join(changed)}); "
-                        "use a new --study name or the same settings")
-    return study
+    if grid:
+        # One seed everywhere: it orders the grid, and trial n takes grid point n, so processes
+        # that share the study never pick the same point.
+        sampler = optuna.samplers.GridSampler(grid, seed=seed)
+    else:
+        sampler = seeded_per_trial(lambda s: optuna.samplers.TPESampler(seed=s, constant_liar=True), seed)
+    spec = StudySpec(storage=storage, name=name, direction=direction, identity=attrs,
+                     identity_key="settings", identity_what="settings", name_option="--study",
+                     heartbeat_s=heartbeat_s)
+    return shared_study.open_study(spec, sampler)
 
 
 def objective_value(metrics: dict, objective: str) -> float:
@@ -83,20 +82,18 @@ def objective_value(metrics: dict, objective: str) -> float:
     return metrics[key]
 
 
-def worker_loop(spec_path: Path) -> None:
-    """Run trials until the study has enough finished ones (what each worker process does)."""
-    import optuna
-    from optuna.study import MaxTrialsCallback
-    from optuna.trial import TrialState
-
+def worker_loop(spec_path: Path, device: str) -> None:
+    """Run trials on `device` until the study holds enough finished ones, whoever ran them
+    (what each worker process does)."""
     spec = json.loads(spec_path.read_text(encoding="utf-8"))
+    spec["settings"]["run"]["train"]["device"] = device  # the branch trains where this worker was put
     settings = BranchSettings(**spec["settings"])
     grid = spec["grid"]
     study = open_study(spec["storage"], spec["study"], OBJECTIVES[spec["objective"]][1], grid,
-                       spec["seed"], spec["attrs"])
+                       spec["seed"], spec["attrs"], spec["heartbeat_s"])
     trials_dir = Path(settings.out_dir) / "trials"
 
-    def objective(trial: optuna.Trial) -> float:
+    def objective(trial) -> float:
         from xmodel2.ratio_search.branch import run_branch
 
         share, weights, label = sample(trial, grid, spec["categories"])
@@ -105,32 +102,31 @@ def worker_loop(spec_path: Path) -> None:
         for key, value in metrics.items():
             trial.set_user_attr(key, value)
         value = objective_value(metrics, spec["objective"])
-        print(f"trial {trial.number}: sft_share={share:.2f} mix={label} "
+        print(f"trial {trial.number} on {device}: sft_share={share:.2f} mix={label} "
               f"sft_val_loss={metrics['sft_val_loss']:.4f} pretrain_val_loss={metrics['pretrain_val_loss']:.4f} "
               f"objective={value:.4f}", file=sys.stderr, flush=True)
         return value
 
-    # The callback stops after a trial; this check keeps a resumed, finished study from starting one.
-    if finished_trials(study) < spec["n_trials"]:
-        study.optimize(objective, callbacks=[MaxTrialsCallback(spec["n_trials"], states=(TrialState.COMPLETE,))])
+    shared_study.run_trials(study, objective, spec["n_trials"], heartbeat_s=spec["heartbeat_s"])
 
 
 def finished_trials(study) -> int:
-    from optuna.trial import TrialState
+    """Trials the budget counts: completed or pruned, by any process."""
+    return shared_study.count_trials(study).finished
 
-    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
 
-
-def run_workers(spec: dict, out_dir: Path, workers: int) -> None:
-    """Start `workers` processes (one torch thread each) on the shared study and wait for them."""
+def run_workers(spec: dict, out_dir: Path, workers: int, device: str) -> None:
+    """Start `workers` processes on the shared study, worker i on the i-th of `worker_devices`,
+    and wait for them."""
     spec_path = out_dir / "search-spec.json"
     spec_path.write_text(json.dumps(spec, indent=2), encoding="utf-8")
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    threads = str(threads_per_worker(workers))
+    env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
     procs = []
-    for index in range(workers):
+    for index, worker_device in enumerate(worker_devices(device, workers)):
         log = open(out_dir / f"worker-{index}.log", "a", encoding="utf-8")
-        procs.append((subprocess.Popen([sys.executable, "-m", "xmodel2.ratio_search.worker", str(spec_path)],
-                                       stdout=log, stderr=subprocess.STDOUT, env=env), log))
+        command = [sys.executable, "-m", "xmodel2.ratio_search.worker", str(spec_path), worker_device, threads]
+        procs.append((subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env), log))
     failed = []
     try:
         for index, (proc, log) in enumerate(procs):
@@ -146,9 +142,10 @@ def run_workers(spec: dict, out_dir: Path, workers: int) -> None:
 
 
 def spec_for(settings: BranchSettings, storage: str, study: str, objective: str, n_trials: int,
-             grid: dict | None, seed: int, categories: list[str]) -> dict:
+             grid: dict | None, seed: int, categories: list[str], heartbeat_s: int = HEARTBEAT_S) -> dict:
     attrs = {"objective": objective, "checkpoint": settings.checkpoint, "grid": grid,
              "max_repeats": settings.max_repeats, "sft_sequences": settings.sft_sequences,
              "eval_tasks": settings.eval_tasks, "decay_steps": settings.run["stages"][-1]["steps"]}
     return {"settings": asdict(settings), "storage": storage, "study": study, "objective": objective,
-            "n_trials": n_trials, "grid": grid, "seed": seed, "attrs": attrs, "categories": categories}
+            "n_trials": n_trials, "grid": grid, "seed": seed, "attrs": attrs, "categories": categories,
+            "heartbeat_s": heartbeat_s}

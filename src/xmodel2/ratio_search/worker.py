@@ -1,4 +1,5 @@
-"""Entry point of a ratio-search worker process: `python -m xmodel2.ratio_search.worker SPEC.json`."""
+"""Entry point of a ratio-search worker process:
+`python -m xmodel2.ratio_search.worker SPEC.json DEVICE THREADS`."""
 
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ from xmodel2.errors import UserError
 def main(argv: list[str]) -> int:
     import torch
 
-    torch.set_num_threads(1)  # the search runs one worker per core
+    spec, device, threads = argv
+    torch.set_num_threads(int(threads))  # the workers of one machine split its cores
     from xmodel2.ratio_search.study import worker_loop
 
     try:
-        worker_loop(Path(argv[0]))
+        worker_loop(Path(spec), device)
     except UserError as exc:
         print(f"xmodel2: error: {exc}", file=sys.stderr)
         return 2

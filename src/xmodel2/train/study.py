@@ -35,6 +35,7 @@ from xmodel2.errors import UserError
 
 HEARTBEAT_S = 30
 MAX_RETRIES = 3  # a trial that kills its worker every time (out of memory, say) is given up
+SCHEMA_ATTEMPTS = 5
 
 
 def grace_period(heartbeat_s: int) -> int:
@@ -95,12 +96,19 @@ def open_storage(url: str, heartbeat_s: int = HEARTBEAT_S):
     callback_key = ("heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback" in accepted
                     else "failed_trial_callback")
     kwargs[callback_key] = _retry_callback()
-    try:
-        return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_s,
-                                          grace_period=grace_period(heartbeat_s), **kwargs)
-    except Exception as exc:  # SQLAlchemy's many errors: bad URL, missing driver, unreachable server
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"--storage {url}: cannot open the Optuna storage: {message}") from None
+    for attempt in range(SCHEMA_ATTEMPTS):
+        try:
+            return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_s,
+                                              grace_period=grace_period(heartbeat_s), **kwargs)
+        except Exception as exc:  # SQLAlchemy's many errors: bad URL, missing driver, unreachable server
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            # Processes that open a new database together race to create its tables; the loser
+            # finds them made ("table ... already exists") and succeeds on a second look.
+            racing = any(sign in message for sign in ("already exists", "UNIQUE constraint", "Duplicate"))
+            if not racing or attempt == SCHEMA_ATTEMPTS - 1:
+                raise UserError(f"--storage {url}: cannot open the Optuna storage: {message}") from None
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def open_study(spec: StudySpec, sampler=None, pruner=None):
