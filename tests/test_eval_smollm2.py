@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from eval_fixtures import find_gguf, smollm2, smollm2_dir  # noqa: F401  (session fixtures)
+from eval_fixtures import find_gguf, skip_without_fast_bf16, smollm2, smollm2_dir  # noqa: F401  (session fixtures)
 from xmodel2.cli import main
 from xmodel2.eval.multiple_choice import choice_metrics, score_choices
 from xmodel2.eval.registry import load_task
@@ -65,7 +65,7 @@ def test_multiple_choice_equals_transformers(smollm2, hf_reference, task_name, l
         assert result.prediction == max(range(len(expected)), key=expected.__getitem__)
 
 
-def test_batching_and_bf16_keep_scores(smollm2):
+def test_batching_keeps_scores(smollm2):
     model, tokenizer = smollm2
     task = load_task("arc_easy:sample").limited(4)
     pairs = [(c, x) for d in task.docs for c, x in zip(d.contexts, d.continuations)]
@@ -76,6 +76,14 @@ def test_batching_and_bf16_keep_scores(smollm2):
     encoded = [scorer.encode_pair(c, x) for c, x in pairs[:6]]
     rows = [((ctx + cont)[:-1], cont) for ctx, cont in encoded]  # no shared-context path
     assert [ll for ll, _ in scorer.score_rows(rows)] == pytest.approx([ll for ll, _ in alone], abs=1e-3)
+
+
+def test_bf16_keeps_scores(smollm2):
+    skip_without_fast_bf16()
+    model, tokenizer = smollm2
+    docs = load_task("arc_easy:sample").limited(4).docs
+    pairs = [(c, x) for d in docs for c, x in zip(d.contexts, d.continuations)]
+    together = Scorer(model, tokenizer, batch_size=16).loglikelihood(pairs)
     bf16 = Scorer(model.to(torch.bfloat16), tokenizer, batch_size=16).loglikelihood(pairs)
     model.to(torch.float32)
     assert max(abs(a[0] - b[0]) for a, b in zip(bf16, together)) < 1.0
