@@ -168,6 +168,8 @@ def run_search(url: str, name: str, budget: int, data: ProxyData, settings: Sear
 def trial_rows(study) -> list[dict]:
     rows = []
     for t in study.trials:
+        if t.user_attrs.get("over_budget"):  # refused before it ran: not a trial of the search
+            continue
         value = t.value if t.value is None or math.isfinite(t.value) else None  # JSON has no inf
         rows.append({"number": t.number, "state": t.state.name, "value": value, "params": t.params,
                      "seconds": t.user_attrs.get("seconds"), "diverged": t.user_attrs.get("diverged"),
