@@ -1,4 +1,5 @@
-"""Presets count exactly DESIGN §1's parameters; invalid shapes are rejected naming the field."""
+"""Presets have exactly their expected parameter counts (xl is the released Xmodel-2 1.2B); invalid
+shapes are rejected naming the field."""
 
 import math
 
@@ -9,8 +10,8 @@ from xmodel2.errors import UserError
 from xmodel2.model.config import PRESET_SHAPES, ModelConfig, from_hf_config, preset, to_hf_config
 from xmodel2.model.folder import build_model
 
-# DESIGN §1: (total, non-embedding) with the 65,280-piece vocabulary, tied.
-DESIGN_COUNTS = {
+# (total, non-embedding) with the 65,280-piece vocabulary, tied.
+EXPECTED_COUNTS = {
     "xl": (1_251_755_520, 1_151_485_440),
     "nano": (21_958_912, 5_247_232),
     "tiny": (82_987_520, 49_564_160),
@@ -34,15 +35,15 @@ def test_preset_parameter_count_on_meta_matches_formula_and_design(name):
     assert all(p.device.type == "meta" for p in model.parameters())
     assert count(model) == config.num_parameters()
     assert count(model, embeddings=False) == config.num_parameters(embeddings=False)
-    if name in DESIGN_COUNTS:
-        total, body = DESIGN_COUNTS[name]
+    if name in EXPECTED_COUNTS:
+        total, body = EXPECTED_COUNTS[name]
         assert count(model) == total
         assert count(model, embeddings=False) == body
 
 
 def test_untied_model_counts_the_head_once_more():
     config = preset("nano", tie_embeddings=False)
-    assert count(build_model(config, device="meta")) == DESIGN_COUNTS["nano"][0] + 65280 * 256
+    assert count(build_model(config, device="meta")) == EXPECTED_COUNTS["nano"][0] + 65280 * 256
 
 
 @pytest.mark.parametrize("changes, field", [
