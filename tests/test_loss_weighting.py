@@ -143,17 +143,14 @@ def test_accumulated_micro_batches_equal_one_batch(micro_batch_size):
     assert differs(old_grads, want_grads)
 
 
-def test_trainer_step_is_the_same_for_any_micro_batch_size(tmp_path):
+def test_trainer_step_is_the_same_for_any_micro_batch_size():
     results = []
     for micro_batch_size in (BATCH, 2):
         torch.manual_seed(0)
         model = fresh_model()
         optimizer = build_optimizer(model, model_config(), lr=1e-3, weight_decay=0.0, implementation="foreach")
-        settings = LoopSettings(total_steps=2, seq_len=SEQ, grad_clip=0.0, precision="fp32", log_every=1,
-                                val_every=1, checkpoint_every=1, checkpoint_keep=0, flops_per_token=0.0,
-                                peak_flops=0.0)
-        trainer = Trainer(model, optimizer, settings, plan(micro_batch_size), lambda step: 1.0, 1e-3,
-                          tmp_path, {}, None, CPU)
+        settings = LoopSettings(total_steps=2, seq_len=SEQ, grad_clip=0.0, precision="fp32")
+        trainer = Trainer(model, optimizer, settings, plan(micro_batch_size), lambda step: 1.0, 1e-3, CPU)
         results.append([trainer.train_step(step) for step in range(2)])
     (whole, split) = results
     assert whole[0][0] == pytest.approx(reference()[0], rel=1e-6)

@@ -7,7 +7,8 @@ import pytest
 
 from xmodel2.cli import main
 from xmodel2.errors import UserError
-from xmodel2.train.run import auto_micro_batch, lr_schedule, settle_micro_batch
+from xmodel2.train.engine import lr_schedule
+from xmodel2.train.sizing import auto_micro_batch, settle_micro_batch
 from xmodel2.train.runconfig import DEFAULT_CONFIG, load_run_config, model_config, run_config_from_dict
 
 

@@ -64,7 +64,8 @@ def finish(run_config, result) -> None:
     from xmodel2.model.folder import load_model_folder
     from xmodel2.train.hardware import pick_device
     from xmodel2.train.plots import plot_loss_curve
-    from xmodel2.train.run import held_out_perplexity, settle_micro_batch
+    from xmodel2.train.run import held_out_perplexity
+    from xmodel2.train.sizing import settle_micro_batch
 
     device = pick_device(run_config.train.device)
     # The held-out text is scored in micro-batches, here in this one process.
@@ -95,7 +96,7 @@ def finish(run_config, result) -> None:
 
 
 def stage_start_tokens(run_config) -> dict[str, int]:
-    from xmodel2.train.run import batch_schedule
+    from xmodel2.train.sizing import batch_schedule
 
     batches, starts, step = batch_schedule(run_config), {}, 0
     for stage, steps in zip(run_config.stages, run_config.stage_steps()):

@@ -227,3 +227,14 @@ class SequentialDataset:
             out[row] = tokens[i * self.seq_len:i * self.seq_len + length]
         self.reader.check_ids(out)
         return torch.from_numpy(out)
+
+    def blocks(self, batch_size: int) -> list[torch.Tensor]:
+        """All the sequences, in order, as (batch_size, seq_len + 1) blocks (the last may be smaller)."""
+        return [self.sequences(range(i, min(self.count, i + batch_size)))
+                for i in range(0, self.count, batch_size)]
+
+
+def held_out_blocks(path: str | Path, seq_len: int, max_sequences: int, batch_size: int) -> list[torch.Tensor]:
+    """The first `max_sequences` packed sequences of a held-out shard, in scoring blocks: what
+    every validation loss and held-out perplexity of xmodel2 is computed on."""
+    return SequentialDataset(str(path), seq_len, max_sequences=max_sequences).blocks(batch_size)

@@ -13,11 +13,13 @@ builds on this package; nothing here depends on them.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from xmodel2.eval.metrics import Metric
 from xmodel2.eval.scoring import Scorer
@@ -49,6 +51,44 @@ def check_task_names(specs: list[str]) -> None:
     for spec in specs:
         if spec not in SPECIAL and not spec.startswith("ppl:"):
             check_spec(spec)
+
+
+# The headline metric of each task kind, in the order looked for.
+ACCURACY_METRICS = ("acc", "exact_match", "pass@1")
+EVAL_BATCH_SIZE = 8  # `xmodel2 eval`'s default --batch-size
+
+
+def score_in_memory(model, tokenizer, specs: list[str], limit: int | None,
+                    batch_size: int = EVAL_BATCH_SIZE) -> tuple[Outcome, Scorer]:
+    """Tasks scored on a model in memory exactly as `xmodel2 eval` scores them; the model is left
+    in the training mode it was in."""
+    scorer = Scorer(model, tokenizer, batch_size)
+    outcome = Outcome()
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for spec in specs:
+                run_task(scorer, spec, Settings(limit), outcome)
+    finally:
+        model.train(was_training)
+    return outcome, scorer
+
+
+def headline_accuracies(metrics: list[Metric]) -> dict[str, float]:
+    """Each task's first accuracy-like metric (ACCURACY_METRICS), by task."""
+    per_task: dict[str, float] = {}
+    for metric in metrics:
+        if metric.metric in ACCURACY_METRICS and not math.isnan(metric.value):
+            per_task.setdefault(metric.task, metric.value)
+    return per_task
+
+
+def task_accuracies(model, tokenizer, specs: list[str], limit: int | None) -> dict[str, float]:
+    """The headline accuracy of each task on a model in memory: what a run's in-loop evaluation
+    logs and what the ratio search scores a branch by."""
+    outcome, _ = score_in_memory(model, tokenizer, specs, limit)
+    return headline_accuracies(outcome.metrics)
 
 
 def run_task(scorer: Scorer, spec: str, settings: Settings, outcome: Outcome) -> None:

@@ -15,7 +15,7 @@ import copy
 
 from xmodel2.data.sft import CATEGORIES, PreparedSFT
 from xmodel2.errors import UserError
-from xmodel2.train.run import batch_schedule
+from xmodel2.train.sizing import batch_schedule
 from xmodel2.train.runconfig import DecaySection, RunConfig, SourceSection, StageSection
 
 SFT_PREFIX = "sft-"

@@ -1,32 +1,28 @@
 """How a decay branch is scored, on the model in memory: held-out losses and task accuracy.
 
-Accuracy goes through `xmodel2.eval.runner.run_task`, the function `xmodel2 eval` runs for each
-task, so a branch's score is what `xmodel2 eval` would report for its final checkpoint.
+Accuracy goes through `xmodel2.eval.runner.score_in_memory`, the function a run's in-loop
+evaluation and `xmodel2 eval` score tasks with, so a branch's score is what `xmodel2 eval` would
+report for its final checkpoint.
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from xmodel2.data.mixture import SequentialDataset
+from xmodel2.data.mixture import held_out_blocks
 from xmodel2.data.sft_mask import IGNORE_INDEX, assistant_mask, masked_targets
 from xmodel2.data.shards import ShardReader
 from xmodel2.errors import UserError
-from xmodel2.eval.metrics import Metric
 from xmodel2.eval.report import as_json
-from xmodel2.eval.runner import Outcome, Settings, run_task
-from xmodel2.eval.scoring import Scorer
+from xmodel2.eval.runner import ACCURACY_METRICS, headline_accuracies, score_in_memory
 from xmodel2.fileio import atomic_write_json
 from xmodel2.train.loss import next_token_loss
 from xmodel2.train.runconfig import RunConfig
 from xmodel2.train.trainer import autocast_context, evaluate_loss
 
-ACCURACY_METRICS = ("acc", "exact_match", "pass@1")  # the headline metric of each task kind
-EVAL_BATCH_SIZE = 8  # `xmodel2 eval`'s default --batch-size
 ANSWER_BATCH = 16  # sequences per forward pass of the answer loss
 # Sequences per forward pass of the held-out loss; fixed, because the training micro-batch may be
 # "auto" (settled only inside the run) and scoring must not depend on how a branch was split.
@@ -35,9 +31,7 @@ HELDOUT_BATCH = 16
 
 def heldout_loss(model, run: RunConfig, shard_dir: Path, sequences: int, device) -> float:
     """Mean next-token loss over the first `sequences` packed sequences of a held-out shard."""
-    data = SequentialDataset(str(shard_dir), run.data.seq_len, max_sequences=sequences)
-    size = HELDOUT_BATCH
-    blocks = [data.sequences(range(i, min(len(data), i + size))) for i in range(0, len(data), size)]
+    blocks = held_out_blocks(shard_dir, run.data.seq_len, sequences, HELDOUT_BATCH)
     return evaluate_loss(model, blocks, run.train.precision, device)
 
 
@@ -73,33 +67,16 @@ def eval_accuracy(model, tokenizer, tasks: str, limit: int | None, out_file: Pat
     """Mean over tasks of each task's headline accuracy; the full results go to `out_file` as
     `xmodel2 eval --output` writes them."""
     specs = task_names(tasks)
-    scorer = Scorer(model, tokenizer, EVAL_BATCH_SIZE)
-    outcome = Outcome()
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            for spec in specs:
-                run_task(scorer, spec, Settings(limit), outcome)
-    finally:
-        model.train(was_training)
+    outcome, scorer = score_in_memory(model, tokenizer, specs, limit)
     atomic_write_json(out_file, as_json(outcome.metrics, outcome.details,
-                                        {"tasks": specs, "limit": limit, "batch_size": EVAL_BATCH_SIZE,
+                                        {"tasks": specs, "limit": limit, "batch_size": scorer.batch_size,
                                          "add_bos": scorer.add_bos}))
-    return headline_accuracy(outcome.metrics, out_file)
+    per_task = headline_accuracies(outcome.metrics)
+    if not per_task:
+        raise UserError(f"{out_file}: no accuracy ({', '.join(ACCURACY_METRICS)}) in the eval results")
+    return sum(per_task.values()) / len(per_task)
 
 
 def task_names(tasks: str) -> list[str]:
     """The names in a comma-separated task list, as `xmodel2 eval --tasks` reads it."""
     return [spec.strip() for spec in tasks.split(",") if spec.strip()]
-
-
-def headline_accuracy(metrics: list[Metric], source: Path) -> float:
-    """Mean over tasks of the first accuracy-like metric each task reports."""
-    per_task: dict[str, float] = {}
-    for metric in metrics:
-        if metric.metric in ACCURACY_METRICS and not math.isnan(metric.value):
-            per_task.setdefault(metric.task, metric.value)
-    if not per_task:
-        raise UserError(f"{source}: no accuracy ({', '.join(ACCURACY_METRICS)}) in the eval results")
-    return sum(per_task.values()) / len(per_task)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from xmodel2.fileio import atomic_write_text
 from xmodel2.ratio_search.branch import BranchSettings, branch_template
 from xmodel2.ratio_search.study import (GRID_MIXES, OBJECTIVES, finished_trials, grid_values, open_study,
                                        run_workers, spec_for)
+from xmodel2.train.distributed import say
 from xmodel2.train.runconfig import RunConfig
 from xmodel2.train.study import HEARTBEAT_S, default_storage, worker_devices
 
@@ -47,10 +47,6 @@ class SearchOptions:
     seed: int = 0
 
 
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 def stable_checkpoint(run: RunConfig, out_dir: Path, total_steps: int | None = None) -> Path:
     """Train (or resume) the run's stages before its decay stage into OUT/stable; its last checkpoint.
 
@@ -71,7 +67,7 @@ def stable_checkpoint(run: RunConfig, out_dir: Path, total_steps: int | None = N
     stable.train.steps = sum(steps)
     stable.checkpoint.every = stable.train.steps
     stable.checkpoint.keep = 1
-    say(f"xmodel2: training the stable stage ({stable.train.steps} steps) into {out_dir / 'stable'}")
+    say(f"training the stable stage ({stable.train.steps} steps) into {out_dir / 'stable'}")
     return run_pretraining(stable, out_dir / "stable", show_progress=False).final_checkpoint
 
 
@@ -85,7 +81,7 @@ def completed_trials(study) -> list[dict]:
 
 
 def run_search(run: RunConfig, out_dir: Path, options: SearchOptions) -> dict:
-    from xmodel2.train.run import prepare_sources, prepare_tokenizer
+    from xmodel2.train.engine import prepare_sources, prepare_tokenizer
 
     if options.objective not in OBJECTIVES:
         raise UserError(f"--objective must be one of {', '.join(OBJECTIVES)}")
@@ -108,7 +104,7 @@ def run_search(run: RunConfig, out_dir: Path, options: SearchOptions) -> dict:
         raise UserError(f"{checkpoint}: checkpoint folder not found")
 
     prepared = prepare_sft(options.sft_files, out_dir / "sft", options.held_out_percent)
-    say(f"xmodel2: SFT data in {prepared.folder}\n{prepared.summary()}")
+    say(f"SFT data in {prepared.folder}\n{prepared.summary()}")
     template = branch_template(add_sft_sources(run, prepared), checkpoint, options.decay_steps, options.half_life)
     tokenizer = prepare_tokenizer(template, out_dir)
     prepare_sources(template, out_dir, tokenizer)  # shards shared by every trial
@@ -126,7 +122,7 @@ def run_search(run: RunConfig, out_dir: Path, options: SearchOptions) -> dict:
     study = open_study(storage, options.study, direction, grid, options.seed, spec["attrs"], options.heartbeat)
     done = finished_trials(study)
     if done < n_trials:
-        say(f"xmodel2: {n_trials - done} of {n_trials} trials ({options.sampler}) to run with {options.workers} "
+        say(f"{n_trials - done} of {n_trials} trials ({options.sampler}) to run with {options.workers} "
             f"workers on {device}; study {options.study!r} in {storage}; logs in {out_dir}/worker-N.log")
         run_workers(spec, out_dir, options.workers, device)
     return summarize(run, prepared, study, out_dir, options.objective, options.max_repeats)

@@ -150,7 +150,7 @@ def newest_resumable_checkpoint(out_dir: str | Path, report: Callable[[str], Non
         problem = resume_problem(path)
         if problem is None:
             for bad, why in skipped:
-                report(f"xmodel2: skipping checkpoint {bad}: {why}; resuming from {path.name}")
+                report(f"skipping checkpoint {bad}: {why}; resuming from {path.name}")
             return path
         skipped.append((path, problem))
     if skipped:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import sys
 from typing import Iterable, Iterator
 
 import torch
@@ -75,6 +76,12 @@ def world_size() -> int:
 
 def is_main_process() -> bool:
     return rank() == 0
+
+
+def say(message: str) -> None:
+    """`xmodel2: message` on stderr, from the main process only (one line per run, not per rank)."""
+    if is_main_process():
+        print(f"xmodel2: {message}", file=sys.stderr, flush=True)
 
 
 def init_distributed(device_name: str = "auto") -> torch.device:

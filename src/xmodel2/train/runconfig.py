@@ -96,7 +96,7 @@ class TrainSection:
     grad_clip: float = bounded(1.0, at_least=0)  # 0: no clipping
     batch_size: int = bounded(16, at_least=1)  # global batch in sequences
     # sequences per rank per forward/backward; auto: derived from the global batch, the number of
-    # ranks and the device's memory when the run starts (see train.run.settle_micro_batch)
+    # ranks and the device's memory when the run starts (see train.sizing.settle_micro_batch)
     micro_batch_size: int | str = bounded("auto", at_least=1)
     # [[from_step, sequences], ...]
     batch_schedule: list[list[int]] | None = bounded(None, at_least=0)
@@ -107,6 +107,12 @@ class TrainSection:
     optimizer_impl: str = one_of("fused", "foreach", "for-loop")
     log_every: int = bounded(10, at_least=1)
     val_every: int = bounded(100, at_least=1)
+    # Downstream tasks scored on the model in memory during the run (`xmodel2 eval` names, e.g.
+    # [arc_easy, hellaswag]), every eval_every steps (0: at each validation) and at the end, on the
+    # first eval_limit items of each (null: all); logged as eval/<task> accuracies.
+    eval_tasks: list[str] = field(default_factory=list)
+    eval_every: int = bounded(0, at_least=0)
+    eval_limit: int | None = bounded(200, at_least=1)
 
 
 @dataclass

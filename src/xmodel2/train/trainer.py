@@ -1,14 +1,18 @@
-"""The training loop: AdamW under a WSD schedule, gradient accumulation, validation, checkpoints.
+"""The training loop: AdamW under a WSD schedule, gradient accumulation, callbacks.
 
-The loop is generic: it asks the data plan (data/plan.py) for each step's micro-batches (a pure
-function of step, micro-batch and rank, so resume and any world size read the same data),
-`lr_factor(step)` for the schedule, and reports every logged step to the `MetricsLogger`. Under
-torchrun every rank runs this same loop on its own micro-batches; `loss_module` is then the DDP- or
-FSDP-wrapped loss (distributed.py) and gradients are reduced across ranks on each step's last
-micro-batch only. A step's loss, trained and logged, is the mean over every target token of the
-global batch (see `accumulate_gradients`). Everything that writes files happens here in one place,
-after the optimizer step, so a kill at any moment loses at most the steps since the last
-checkpoint and never corrupts one.
+This is the one loop that trains anything in xmodel2: `xmodel2 pretrain`, every wind-tunnel
+proxy and lr-transfer point, every ratio-search branch and the coordinate check's probes are a
+`Trainer` (most built by `engine.build_trainer` from a run config). The loop asks the data plan
+(data/plan.py) for each step's micro-batches (a pure function of step, micro-batch and rank, so
+resume and any world size read the same data) and `lr_factor(step)` for the schedule. Everything
+else that a run does around its steps (validation, in-loop task scores, metrics, checkpoints,
+progress, a search's pruning, the coordinate check's statistics) is a `Callback`
+(callbacks.py), so the loop is the same whoever runs it.
+
+Under torchrun every rank runs this same loop on its own micro-batches; `loss_module` is then the
+DDP- or FSDP-wrapped loss (distributed.py) and gradients are reduced across ranks on each step's
+last micro-batch only. A step's loss, trained and logged, is the mean over every target token of
+the global batch (see `accumulate_gradients`).
 """
 
 from __future__ import annotations
@@ -17,8 +21,7 @@ import contextlib
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -27,29 +30,21 @@ from xmodel2.data.sft_mask import IGNORE_INDEX
 from xmodel2.errors import UserError
 from xmodel2.model.mup import set_learning_rate
 from xmodel2.model.transformer import Transformer
-from xmodel2.train.checkpoint import TrainingState, save_checkpoint
-from xmodel2.train.dist_checkpoint import save_sharded_checkpoint
 from xmodel2.train.hardware import resolve_precision
 from xmodel2.train.distributed import (LossModule, all_reduce_mean, all_reduce_sum, clip_grad_norm,
-                                       gradient_sync, is_distributed)
+                                       gradient_sync)
 
 
 class TrainingDiverged(UserError):
-    """The loss became NaN or infinite."""
+    """The loss (or the gradient norm) became NaN or infinite."""
 
 
 @dataclass
 class LoopSettings:
     total_steps: int
     seq_len: int  # tokens per training sequence, for the count of tokens trained on
-    grad_clip: float
+    grad_clip: float  # 0: no clipping
     precision: str  # "bf16" or "fp32"
-    log_every: int
-    val_every: int
-    checkpoint_every: int
-    checkpoint_keep: int
-    flops_per_token: float
-    peak_flops: float  # of all ranks together
     rank: int = 0  # which share of every global batch this process trains on
 
 
@@ -113,93 +108,97 @@ def accumulate_gradients(loss_module: torch.nn.Module, micro_batches: list[Micro
     return all_reduce_mean(total.item(), device)
 
 
+@dataclass
+class StepResult:
+    """What one optimizer step did; callbacks add their own keys to `record` (what gets logged)."""
+
+    step: int  # steps done after this one (1 after the first step)
+    loss: float  # mean over the global batch's target tokens
+    grad_norm: float  # before clipping
+    lr: float  # the peak-relative LR the step used, times the base LR
+    tokens: int  # tokens the run has fed in, this step included
+    seconds: float  # the step's own time (forward, backward, optimizer)
+    record: dict
+
+
+class Callback:
+    """Hooks around the loop; every method is optional. A callback stops the run early by
+    setting `trainer.stop_requested` (the step that set it is complete)."""
+
+    def on_train_start(self, trainer: "Trainer") -> None: ...
+
+    def on_step_end(self, trainer: "Trainer", result: StepResult) -> None: ...
+
+    def on_train_end(self, trainer: "Trainer") -> None: ...
+
+
 class Trainer:
     def __init__(self, model: Transformer, optimizer: torch.optim.Optimizer, settings: LoopSettings,
-                 data: DataPlan, lr_factor: Callable[[int], float],
-                 base_lr: float, out_dir: Path, run_config: dict, logger, device: torch.device,
-                 validation: list[torch.Tensor] | None = None, tokenizer_dir: Path | None = None,
-                 compiled_model: torch.nn.Module | None = None,
-                 loss_module: torch.nn.Module | None = None) -> None:
+                 data: DataPlan, lr_factor: Callable[[int], float], base_lr: float, device: torch.device,
+                 loss_module: torch.nn.Module | None = None, callbacks: Sequence[Callback] = (),
+                 run_config: dict | None = None) -> None:
         self.model = model
-        self.loss_module = loss_module or LossModule(compiled_model or model)
+        self.loss_module = loss_module or LossModule(model)
         self.optimizer = optimizer
         self.settings = settings
         self.data = data
         self.lr_factor = lr_factor
         self.base_lr = base_lr
-        self.out_dir = Path(out_dir)
-        self.run_config = run_config
-        self.logger = logger
         self.device = device
-        self.validation = validation or []
-        self.tokenizer_dir = tokenizer_dir
-        self.step = 0
+        self.callbacks = list(callbacks)
+        self.run_config = run_config or {}  # the resolved run config, saved with checkpoints
+        self.step = 0  # optimizer steps done
         self.tokens = 0
+        self.stop_requested = False
 
     def stage_of(self, step: int) -> str:
         return self.data.stage_at(step).name
 
+    def lr_at(self, step: int) -> float:
+        return self.base_lr * self.lr_factor(step)
+
     def train_step(self, step: int) -> tuple[float, float]:
         """One optimizer step; returns (mean loss over the global batch's target tokens, grad norm
-        before clipping)."""
-        set_learning_rate(self.optimizer, self.base_lr * self.lr_factor(step))
+        before clipping). Raises TrainingDiverged, without applying the step, on a NaN/inf."""
+        set_learning_rate(self.optimizer, self.lr_at(step))
         total = accumulate_gradients(self.loss_module, self.data.rank_micro_batches(step, self.settings.rank),
                                      self.data.world_size, self.settings.precision, self.device)
         if not math.isfinite(total):
-            raise TrainingDiverged(
-                f"loss is {total} at step {step}; stopped without applying it. The last good "
-                f"checkpoint is the newest under {self.out_dir / 'checkpoints'}")
+            self.optimizer.zero_grad(set_to_none=True)
+            raise TrainingDiverged(f"loss is {total} at step {step}; stopped without applying it")
         clip = self.settings.grad_clip if self.settings.grad_clip > 0 else math.inf
         grad_norm = clip_grad_norm(self.model.parameters(), clip)
+        if not math.isfinite(grad_norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise TrainingDiverged(f"gradient norm is {grad_norm} at step {step}; stopped without applying it")
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.tokens += self._step_tokens(step)
+        self.tokens += self.step_tokens(step)
         return total, grad_norm
 
-    def _step_tokens(self, step: int) -> int:
+    def step_tokens(self, step: int) -> int:
         """Tokens the global batch of `step` feeds in, masked targets included."""
         return self.data.batches.size(step) * self.settings.seq_len
 
-    def checkpoint(self) -> Path:
-        state = TrainingState(step=self.step, tokens=self.tokens, run_config=self.run_config,
-                              extra={"stage": self.stage_of(max(0, self.step - 1)),
-                                     "world_size": self.data.world_size})
-        save = save_sharded_checkpoint if is_distributed() else save_checkpoint
-        return save(self.out_dir, self.model, self.optimizer, state, self.tokenizer_dir,
-                    keep=self.settings.checkpoint_keep)
+    def validation_loss(self, blocks: list[torch.Tensor]) -> float:
+        return mean_loss(self.loss_module, blocks, self.settings.precision, self.device)
 
-    def validate(self) -> float:
-        return mean_loss(self.loss_module, self.validation, self.settings.precision, self.device)
-
-    def run(self, progress=None) -> None:
-        s = self.settings
+    def run(self) -> None:
+        """Train from `self.step` to `settings.total_steps` (or until a callback asks to stop)."""
         self.loss_module.train()
-        # Throughput counts training time only, not validation or checkpoint writing.
-        window_tokens, window_seconds = 0, 0.0
-        while self.step < s.total_steps:
-            step = self.step
-            started = time.perf_counter()
-            loss, grad_norm = self.train_step(step)
-            window_seconds += time.perf_counter() - started
-            self.step += 1
-            window_tokens += self._step_tokens(step)
-            record = None
-            if self.step % s.log_every == 0 or self.step == s.total_steps or step == 0:
-                tokens_per_s = window_tokens / window_seconds if window_seconds > 0 else 0.0
-                record = {"step": self.step, "tokens": self.tokens, "loss": loss,
-                          "lr": self.base_lr * self.lr_factor(step), "grad_norm": grad_norm,
-                          "tokens_per_s": tokens_per_s,
-                          "mfu": tokens_per_s * s.flops_per_token / s.peak_flops if s.peak_flops else 0.0,
-                          "stage": self.stage_of(step),
-                          "lr_groups": {g["name"]: g["lr"] for g in self.optimizer.param_groups}}
-                window_tokens, window_seconds = 0, 0.0
-            if self.validation and (self.step % s.val_every == 0 or self.step == s.total_steps):
-                record = record or {"step": self.step, "tokens": self.tokens, "loss": loss,
-                                    "lr": self.base_lr * self.lr_factor(step), "stage": self.stage_of(step)}
-                record["val_loss"] = self.validate()
-            if record is not None:
-                self.logger.log(record)
-            if progress is not None:
-                progress.update(logged=record is not None)
-            if self.step % s.checkpoint_every == 0 or self.step == s.total_steps:
-                self.checkpoint()
+        for callback in self.callbacks:
+            callback.on_train_start(self)
+        try:
+            while self.step < self.settings.total_steps and not self.stop_requested:
+                step = self.step
+                started = time.perf_counter()
+                loss, grad_norm = self.train_step(step)
+                seconds = time.perf_counter() - started
+                self.step += 1
+                result = StepResult(step=self.step, loss=loss, grad_norm=grad_norm, lr=self.lr_at(step),
+                                    tokens=self.tokens, seconds=seconds, record={})
+                for callback in self.callbacks:
+                    callback.on_step_end(self, result)
+        finally:
+            for callback in self.callbacks:
+                callback.on_train_end(self)
