@@ -32,6 +32,7 @@ COMMANDS = {
     "ratio-search": "ratio_search",
     "dedup": "dedup",
     "bench": "bench",
+    "plan": "plan",
 }
 
 
