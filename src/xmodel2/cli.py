@@ -33,6 +33,7 @@ COMMANDS = {
     "dedup": "dedup",
     "bench": "bench",
     "plan": "plan",
+    "serve": "serve",
 }
 
 
