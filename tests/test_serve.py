@@ -3,18 +3,15 @@
 import concurrent.futures
 import http.client
 import json
-import os
-import re
-import subprocess
-import sys
 import time
 
 import pytest
 
+from serve_fixtures import running_server
 from xmodel2.cli import main
 from xmodel2.model.config import ModelConfig
 from xmodel2.model.folder import build_model, load_model_folder, save_model_folder
-from xmodel2.model.generate import continuation_text, cut_at_stop, generate_ids, stop_ids_for
+from xmodel2.model.generate import continuation_text, generate_ids, stop_ids_for
 from xmodel2.tokenizer import load_tokenizer
 
 openai = pytest.importorskip("openai")
@@ -42,18 +39,8 @@ def model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(model_dir):
-    """The base URL of `xmodel2 serve` on a free port; the process is stopped after the module."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "xmodel2", "serve", str(model_dir), "--port", "0"],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    try:
-        line = process.stdout.readline()
-        found = re.search(r"at (http://127\.0\.0\.1:\d+/v1)", line)
-        assert found, f"server did not start: {line}{process.stdout.read() if process.poll() is not None else ''}"
-        yield found.group(1)
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    with running_server(model_dir) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,10 @@ only grows. `ModelCompleter` keeps the keys and values of the last prompt it saw
 only the tokens after the longest common prefix: the few-shot examples are computed once per
 task, and each turn costs its new tokens only. The result is the same greedy continuation as
 `xmodel2.model.generate.generate` (up to float rounding from the split prefill).
+
+`EndpointCompleter` asks an OpenAI-compatible server instead (`xmodel2 eval --api-base`): the same
+prompt text, stop strings, token limit and greedy decoding; a prompt the server refuses as too
+long for its context ends the episode as a full context does in process.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from typing import Protocol, Sequence
 
 import torch
 
+from xmodel2.eval.endpoint import Endpoint, PromptTooLong
 from xmodel2.model.generate import continuation_text, cut_at_stop, stop_ids_for, stop_string_check
 from xmodel2.model.transformer import KVCache, Transformer
 
@@ -77,3 +82,17 @@ class ModelCompleter:
         hidden = self.model.hidden_states(torch.tensor([tokens], device=self.model.device), cache=self.cache)
         self.cached += tokens
         return self.model.logits(hidden[:, -1])[0]
+
+
+class EndpointCompleter:
+    """Greedy continuations from a server; the server keeps (or not) its own cache."""
+
+    def __init__(self, endpoint: Endpoint, max_new_tokens: int = 100) -> None:
+        self.endpoint = endpoint
+        self.max_new_tokens = max_new_tokens
+
+    def complete(self, prompt: str, stop: Sequence[str]) -> str:
+        try:
+            return self.endpoint.complete(prompt, stop, self.max_new_tokens)
+        except PromptTooLong as exc:
+            raise ContextFull(str(exc)) from None

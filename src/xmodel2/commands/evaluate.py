@@ -18,7 +18,12 @@ EPILOG = """task names:
 humaneval runs generated code in Linux namespaces (read-only root, one small tmpfs, no network,
 uid 65534, resource limits); where they cannot be set up it refuses unless --allow-unsandboxed-code.
 Without a model folder, --tasks humaneval --completions FILE.jsonl scores {"task_id", "completion"}
-lines written elsewhere."""
+lines written elsewhere.
+
+With --api-base URL --api-model NAME instead of a model folder, the generation tasks (gsm8k,
+math500, generation .jsonl files) and the ReAct agents run against an OpenAI-compatible server
+(`xmodel2 serve`, vLLM, llama.cpp's server) with the same prompts, stops and metrics: greedy
+/v1/completions requests, --batch-size of them at a time."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,6 +55,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scaling-length", type=int, default=64, help="token positions for the scaling-law fit")
     parser.add_argument("--completions", default=None, metavar="FILE.jsonl",
                         help="score these HumanEval completions ({task_id, completion} per line) instead of a model's")
+    parser.add_argument("--api-base", default=None, metavar="URL",
+                        help="evaluate the model behind this OpenAI-compatible API (e.g. http://127.0.0.1:8000/v1) "
+                             "instead of a model folder")
+    parser.add_argument("--api-model", default=None, metavar="NAME", help="the model name the server serves")
+    parser.add_argument("--api-key", default=None,
+                        help="API key for --api-base (default: $OPENAI_API_KEY; local servers need none)")
     parser.add_argument("--allow-unsandboxed-code", action="store_true",
                         help="run generated code even where it cannot be isolated (no protection at all)")
 
@@ -73,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
     _check_output_apart(args, specs)
     if args.completions is not None:
         return _score_completions(args, specs)
+    if args.api_base is not None or args.api_model is not None:
+        return _run_via_endpoint(args, specs)
     if args.model is None:
         raise UserError("eval: give a model folder (or --tasks humaneval --completions FILE.jsonl to score "
                         "completions made elsewhere)")
@@ -106,6 +119,61 @@ def _run_tasks(scorer, specs: list[str], settings, react_settings):
         else:
             run_task(scorer, spec, settings, outcome)
     return outcome
+
+
+def _run_via_endpoint(args: argparse.Namespace, specs: list[str]) -> int:
+    """Generation and ReAct tasks answered by an OpenAI-compatible server."""
+    import os
+
+    from xmodel2.agents.tasks import REACT_TASKS
+    from xmodel2.errors import UserError
+    from xmodel2.eval.endpoint import Endpoint, run_task_via
+    from xmodel2.eval.runner import SPECIAL, Outcome, Settings, check_task_names
+
+    if args.api_base is None or args.api_model is None:
+        raise UserError("give both --api-base URL and --api-model NAME")
+    if args.model is not None:
+        raise UserError(f"--api-base evaluates the server's model: give no model folder (got {args.model})")
+    scored_in_memory = [s for s in specs if s in SPECIAL or s.startswith("ppl:")]
+    if scored_in_memory:
+        raise UserError(f"task {scored_in_memory[0]}: needs the model in memory; --api-base runs generation "
+                        "tasks and the ReAct agents")
+    check_task_names([spec for spec in specs if spec not in REACT_TASKS])
+    react = [spec for spec in specs if spec in REACT_TASKS]
+    if react:
+        _check_react(args, react)
+    endpoint = Endpoint(args.api_base, args.api_model, args.api_key or os.environ.get("OPENAI_API_KEY"))
+    endpoint.check()
+    settings = Settings(args.limit, args.shots)
+    outcome = Outcome()
+    for spec in specs:
+        if spec in REACT_TASKS:
+            _react_via_endpoint(endpoint, spec, _react_settings(args), args.limit, outcome)
+        else:
+            run_task_via(endpoint, spec, settings, outcome, args.batch_size)
+    record = {"model": None, "api_base": args.api_base, "api_model": args.api_model, "tasks": specs,
+              "limit": args.limit, "shots": args.shots}
+    _finish(args, outcome, record)
+    return 0
+
+
+def _react_via_endpoint(endpoint, task: str, settings, limit: int | None, outcome) -> None:
+    """`score_react_task` with the server as the model."""
+    import time
+
+    from xmodel2.agents.llm import EndpointCompleter
+    from xmodel2.agents.tasks import run_react_task, store_for
+
+    traces = settings.traces_file(task)
+    store = store_for(None if settings.store is None else str(settings.store))
+    started = time.perf_counter()
+    run = run_react_task(task, EndpointCompleter(endpoint), store, settings.data, limit, settings.max_steps,
+                         traces=traces)
+    outcome.metrics += run.metrics
+    outcome.details.setdefault(task, {}).update(
+        traces=None if traces is None else str(traces), store=store.description,
+        answers=[{"index": r["index"], "gold": r["gold"], "answer": r["answer"]} for r in run.records],
+        seconds=round(time.perf_counter() - started, 3))
 
 
 def _react_settings(args: argparse.Namespace):
