@@ -5,7 +5,6 @@ Xmodel-2 report's compute figure."""
 from __future__ import annotations
 
 import json
-import os
 import socket
 from pathlib import Path
 

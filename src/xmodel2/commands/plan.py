@@ -18,7 +18,7 @@ config is checked for N ranks as pretrain checks it (batch split, context), with
 errors. Config keys can be overridden as in pretrain (--train.batch_size=512 ...).
 
 The two simulations run at once on two cores; the 1.2B (xl) model on 64 fake ranks takes about a
-minute each. The plan has not been compared with a run on a real GPU here (no GPU was at hand):
+minute of one core each. The plan has not been compared with a run on a real GPU here (no GPU was at hand):
 its figures are the simulated step's tensors, plus the 10% of memory left for the rest.
 """
 

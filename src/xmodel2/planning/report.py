@@ -71,8 +71,8 @@ def plan_text(plan: Plan) -> str:
         lines.append(f"stage        {stage.name}: {stage.steps:,} steps, {_count(stage.tokens)} tokens ({sources})")
     lines.append(f"checkpoint   {shape.checkpoint_bytes / GIB:,.1f} GiB each (fp32 weights + AdamW moments), "
                  f"{shape.checkpoints_kept} kept: {shape.checkpoint_bytes * shape.checkpoints_kept / GIB:,.1f} GiB")
-    lines += ["", f"memory per GPU, one simulated step of micro-batch {shape.micro_batch}:"
-                  f"{'AC off':>14}{'AC on':>12}"]
+    lines += ["", f"memory per GPU, one simulated step of micro-batch {shape.micro_batch}:",
+              f"  {'activation checkpointing':<48}{'off':>12}{'on':>12}"]
     for part in PARTS:
         lines.append(f"  {part:<48}" + "".join(f"{_gib(memory.steps[ac].parts[part]):>12}" for ac in (False, True)))
     lines.append(f"  {'peak':<48}" + "".join(f"{_gib(memory.steps[ac].peak):>12}" for ac in (False, True)))

@@ -1,9 +1,8 @@
 """A run config checked for a world size, as `pretrain` would check it, before any GPU is rented.
 
 The model section, the context, and the split of every global batch of the batch schedule into
-ranks and micro-batches go through pretrain's own functions (`model_config`,
-`settle_micro_batch`, `auto_micro_batch`), so a plan refuses exactly what the run would refuse,
-with the same one-line errors. On top: the token budget of every stage and source, and the size
+ranks and micro-batches go through pretrain's own functions (`model_config`, train/sizing.py),
+so a plan refuses exactly what the run would refuse, with the same one-line errors. On top: the token budget of every stage and source, and the size
 of a checkpoint on disk.
 """
 
@@ -11,13 +10,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
-import torch
-
 from xmodel2.data.plan import micro_batches_per_rank
 from xmodel2.errors import UserError
 from xmodel2.model.config import ModelConfig
-from xmodel2.train.run import auto_micro_batch, batch_schedule, settle_micro_batch
 from xmodel2.train.runconfig import RunConfig, model_config
+from xmodel2.train.sizing import auto_micro_batch, batch_schedule, check_split, expected_vocab_size
 
 # Bytes a parameter takes in a checkpoint: fp32 weights in the model folder, and AdamW's two fp32
 # moments in the optimizer shards (the per-tensor step counters are a few bytes more).
@@ -72,7 +69,7 @@ def run_shape(run: RunConfig, world_size: int, micro_batch: int | None = None,
     if run.parallel.strategy != "fsdp":
         raise UserError(f"parallel.strategy={run.parallel.strategy}: xmodel2 plan simulates FSDP2 runs "
                         "only; plan with --parallel.strategy=fsdp")
-    config = model_config(run, _vocab_size(run))
+    config = model_config(run, expected_vocab_size(run, None))
     if run.data.seq_len > config.max_position_embeddings:
         raise UserError(f"data.seq_len={run.data.seq_len} exceeds the model's context "
                         f"(model.max_position_embeddings={config.max_position_embeddings})")
@@ -85,8 +82,7 @@ def run_shape(run: RunConfig, world_size: int, micro_batch: int | None = None,
     if micro_batch < 1:
         raise UserError(f"--micro-batch {micro_batch}: must be at least 1")
     run = replace(run, train=replace(run.train, micro_batch_size=micro_batch))
-    # pretrain's own check of the split; the device only matters for `auto`, settled above.
-    settle_micro_batch(run, torch.device("cpu"), world_size)
+    check_split(run, world_size)
     batches = batch_schedule(run)
     segments = [BatchSegment(start, size, size // world_size, micro_batches_per_rank(size, micro_batch, world_size))
                 for start, size in batches.segments if start < run.train.steps]
@@ -98,15 +94,6 @@ def run_shape(run: RunConfig, world_size: int, micro_batch: int | None = None,
         stages=_stage_budgets(run, batches), tokens=batches.offset(run.train.steps) * run.data.seq_len,
         checkpoint_bytes=CHECKPOINT_BYTES_PER_PARAMETER * config.num_parameters(),
         checkpoints_kept=written if run.checkpoint.keep == 0 else min(written, run.checkpoint.keep))
-
-
-def _vocab_size(run: RunConfig) -> int:
-    """The vocabulary the model gets: the given tokenizer's, else the size of the one to train."""
-    if run.tokenizer.path:
-        from xmodel2.tokenizer import load_tokenizer
-
-        return load_tokenizer(run.resolve_path(run.tokenizer.path)).vocab_size
-    return run.tokenizer.vocab_size
 
 
 def _stage_budgets(run: RunConfig, batches) -> list[StageBudget]:

@@ -93,7 +93,7 @@ def simulate_step(shape: StepShape) -> StepMemory:
                 init_weights(model, shape.config)
         # fully_shard builds its device mesh from real tensors: outside the fake mode (the
         # parameters it shards stay fake).
-        with _as_on_gpu(shape.gpu_kernels):
+        with _simulable(shape.gpu_kernels):
             wrapped = parallelize(model, "fsdp", device,
                                   activation_checkpointing=shape.activation_checkpointing,
                                   bf16_params=shape.precision == "bf16")
@@ -114,9 +114,7 @@ def track_step(wrapped: torch.nn.Module, optimizer: torch.optim.Optimizer, input
                step: Callable[[], object]) -> StepMemory:
     """Run `step()` (forward, backward, optimizer step of the FSDP2 `wrapped` module) under
     torch's FSDPMemTracker; real tensors are measured as they are, fake ones as if they were."""
-    from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker
-
-    tracker = FSDPMemTracker(wrapped, optimizer)
+    tracker = _torch_tools().FSDPMemTracker(wrapped, optimizer)
     tracker.track_inputs(inputs)
     after_backward: dict[str, int] = {}
 
@@ -174,13 +172,13 @@ def _training_step(wrapped: torch.nn.Module, model: torch.nn.Module, optimizer: 
 
 
 @contextlib.contextmanager
-def _as_on_gpu(gpu_kernels: bool) -> Iterator[None]:
-    """Run the CPU-simulated step through the code paths a GPU takes.
+def _simulable(gpu_kernels: bool) -> Iterator[None]:
+    """Run the step on fake CPU tensors through the code paths the simulated run takes.
 
-    The model picks a blocked attention kernel on CPU tensors (it keeps every block's
-    probabilities); on a GPU it calls SDPA, which keeps none. And the eager loss re-reads the
-    few rows whose loss is too large for its fast formula, a host read a fake tensor cannot
-    answer: here only the comparison that finds them is made (no row qualifies in a normal step).
+    The eager loss re-reads the few rows whose loss is too large for its fast formula, a host
+    read that a fake tensor cannot answer: here only the comparison that finds them is made (no
+    row qualifies in a normal step). With `gpu_kernels`, attention takes SDPA as on a GPU: on CPU
+    tensors the model would pick its blocked kernel, which keeps every block's probabilities.
     """
     saved = []
     if gpu_kernels and hasattr(attention_module, "BLOCKED_MAX_SEQ"):
@@ -201,16 +199,17 @@ def _as_on_gpu(gpu_kernels: bool) -> Iterator[None]:
 class _TorchTools:
     FakeTensorMode: type
     FakeStore: type
+    FSDPMemTracker: type
     DataDependentOutputException: type
     DynamicOutputShapeException: type
 
 
 def _torch_tools() -> _TorchTools:
-    """torch's simulation pieces (private modules, present since torch 2.4), or a clear error."""
+    """torch's simulation pieces (some in private modules), or an error naming what is missing."""
     try:
         from torch._subclasses.fake_tensor import (DataDependentOutputException, DynamicOutputShapeException,
                                                    FakeTensorMode)
-        from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker  # noqa: F401
+        from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker
         from torch.testing._internal.distributed.fake_pg import FakeStore
     except ImportError as exc:
         raise UserError(f"xmodel2 plan needs torch's FakeTensorMode, fake process group and "
@@ -218,19 +217,19 @@ def _torch_tools() -> _TorchTools:
     if not hasattr(torch.nn.utils, "get_total_norm"):
         raise UserError(f"xmodel2 plan needs torch >= 2.6 (torch.nn.utils.get_total_norm); "
                         f"this is torch {torch.__version__}")
-    return _TorchTools(FakeTensorMode, FakeStore, DataDependentOutputException, DynamicOutputShapeException)
+    return _TorchTools(FakeTensorMode, FakeStore, FSDPMemTracker, DataDependentOutputException,
+                       DynamicOutputShapeException)
 
 
 def simulate_steps(shapes: list[StepShape], workers: int | None = None) -> list[StepMemory]:
-    """`simulate_step` for each shape, each in a fresh process of its own (a process holds one
-    process group), up to `workers` at once (default: the CPU's cores). A simulation keeps one
-    core busy for its whole length, so more workers than cores gain nothing."""
+    """`simulate_step` for each shape in worker processes (a simulation opens a process group,
+    which the calling process may hold already), up to `workers` at once (default: the CPU's
+    cores). A simulation keeps one core busy for its whole length, so more gain nothing."""
     import multiprocessing
     import os
     from concurrent.futures import ProcessPoolExecutor
 
     workers = max(1, min(len(shapes), workers or os.cpu_count() or 1))
     # spawn: a forked child would inherit torch's threads and any process group of the parent.
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                             max_tasks_per_child=1) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         return list(pool.map(simulate_step, shapes))
