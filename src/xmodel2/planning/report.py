@@ -69,9 +69,10 @@ def plan_text(plan: Plan) -> str:
     for stage in shape.stages:
         sources = ", ".join(f"{name} {_count(tokens)}" for name, tokens in stage.sources.items())
         lines.append(f"stage        {stage.name}: {stage.steps:,} steps, {_count(stage.tokens)} tokens ({sources})")
-    lines.append(f"checkpoint   {shape.checkpoint_bytes / GIB:,.1f} GiB each (fp32 weights + AdamW moments), "
-                 f"{shape.checkpoints_kept} kept: {shape.checkpoint_bytes * shape.checkpoints_kept / GIB:,.1f} GiB")
-    lines += ["", f"memory per GPU, one simulated step of micro-batch {shape.micro_batch}:",
+    lines.append(f"checkpoint   {_gib(shape.checkpoint_bytes)} each (fp32 weights + AdamW moments), "
+                 f"{shape.checkpoints_kept} kept: {_gib(shape.checkpoint_bytes * shape.checkpoints_kept)}")
+    lines += ["", f"memory per GPU, one simulated step of micro-batch {shape.micro_batch} "
+                  "(its parts at the moment of the peak):",
               f"  {'activation checkpointing':<48}{'off':>12}{'on':>12}"]
     for part in PARTS:
         lines.append(f"  {part:<48}" + "".join(f"{_gib(memory.steps[ac].parts[part]):>12}" for ac in (False, True)))
@@ -84,14 +85,15 @@ def plan_text(plan: Plan) -> str:
     lines += ["", f"time at {t.mfu:.0%} MFU of {gpu.bf16_flops / 1e12:,.1f} TFLOP/s (dense bf16 peak) per GPU:",
               f"  FLOPs per token   {t.flops_per_token:.3e}",
               f"  tokens/s          {t.tokens_per_second:,.0f} ({t.tokens_per_second / plan.gpus:,.0f} per GPU)",
-              f"  step              {t.step_seconds:,.2f} s",
+              f"  step              {_duration(t.step_seconds)}",
               f"  wall-clock        {_duration(t.wall_seconds)}",
-              f"  GPU-hours         {t.gpu_hours:,.0f}"]
+              f"  GPU-hours         {_significant(t.gpu_hours)}"]
     if t.cost is not None:
-        lines.append(f"  cost              {t.cost:,.0f} (at the given price per GPU-hour)")
-    lines += ["", f"simulated on this CPU in {plan.simulation_seconds:.0f} s; the largest micro-batch scales the "
-                  "simulated activations and temporaries, and memory outside the step (CUDA context, NCCL, "
-                  f"allocator slack) is the {1 - USABLE_SHARE:.0%} left free"]
+        lines.append(f"  cost              {_significant(t.cost)} (at the given price per GPU-hour)")
+    lines += ["", f"simulated on this CPU in {plan.simulation_seconds:.0f} s. The largest micro-batch scales the "
+                  "simulated activations and temporaries;",
+              f"memory outside the step (CUDA context, NCCL, allocator slack) is the {1 - USABLE_SHARE:.0%} "
+              "left free."]
     return "\n".join(lines)
 
 
@@ -99,8 +101,12 @@ def _on(value: bool) -> str:
     return "on" if value else "off"
 
 
-def _gib(size: int) -> str:
-    return f"{size / GIB:,.2f} GiB"
+def _gib(size: float) -> str:
+    """Bytes in the largest binary unit that keeps a whole number in front."""
+    for unit, scale in (("GiB", GIB), ("MiB", 2**20), ("KiB", 2**10)):
+        if size >= scale:
+            return f"{size / scale:,.2f} {unit}"
+    return f"{size:,.0f} B"
 
 
 def _largest(size: int | None) -> str:
@@ -115,8 +121,12 @@ def _count(value: float) -> str:
 
 
 def _duration(seconds: float) -> str:
-    if seconds >= 2 * 86400:
-        return f"{seconds / 86400:,.1f} days"
-    if seconds >= 2 * 3600:
-        return f"{seconds / 3600:,.1f} hours"
-    return f"{seconds / 60:,.1f} minutes"
+    for unit, scale in (("days", 86400), ("hours", 3600), ("minutes", 60)):
+        if seconds >= 2 * scale:
+            return f"{seconds / scale:,.1f} {unit}"
+    return f"{_significant(seconds)} s"
+
+
+def _significant(value: float) -> str:
+    """Whole numbers from 100 up, three significant digits below."""
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
