@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 
 HELP = """Plan a pretraining run on N GPUs before renting them: memory per GPU, time, GPU-hours.
 
@@ -57,9 +58,11 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--price {args.price:g}: must not be negative")
     gpu = find_gpu(args.gpu)
     run_config = load_run_config(args.config, args.overrides)
-    shape = run_shape(run_config, args.gpus, args.micro_batch, gpu.memory)
-    # Every listed GPU runs bf16 matmuls fast, so pretrain's `auto` is bf16 there.
+    # Every listed GPU runs bf16 matmuls fast, so pretrain's `auto` is bf16 there; it is settled
+    # before the micro-batch, as pretrain settles it.
     precision = "fp32" if run_config.train.precision == "fp32" else "bf16"
+    run_config = replace(run_config, train=replace(run_config.train, precision=precision))
+    shape = run_shape(run_config, args.gpus, args.micro_batch, gpu.memory)
     ac = run_config.parallel.activation_checkpointing if args.ac is None else args.ac == "on"
     started = time.perf_counter()
     memory = plan_memory(shape, gpu, precision)
