@@ -82,10 +82,8 @@ def test_verdict_rules() -> None:
 # ---- real proxy runs ------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("proxy-cache")
-    prepare_proxy_data(path, 1024, max_sentences=20000)  # a smaller sample: a faster tokenizer
-    return path
+def cache(proxy_cache: Path) -> Path:
+    return proxy_cache
 
 
 def test_proxy_is_deterministic_learns_and_survives_divergence(cache: Path) -> None:

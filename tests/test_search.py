@@ -25,10 +25,8 @@ TINY = ["--steps", "4", "--eval-every", "2", "--seq-len", "16", "--batch-size", 
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("search-cache")
-    prepare_proxy_data(path, 1024, max_sentences=20000)  # a smaller sample: a faster tokenizer
-    return path
+def cache(proxy_cache: Path) -> Path:
+    return proxy_cache
 
 
 @pytest.fixture(scope="module")

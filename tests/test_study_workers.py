@@ -17,7 +17,6 @@ optuna = pytest.importorskip("optuna")
 
 from xmodel2.errors import UserError  # noqa: E402
 from xmodel2.train.study import open_storage, pin_device, threads_per_worker, worker_devices  # noqa: E402
-from xmodel2.windtunnel.proxy import prepare_proxy_data  # noqa: E402
 
 # Tiny proxies; their two validations (64 sequences each) still take seconds, so a kill lands
 # inside a trial.
@@ -26,10 +25,8 @@ FINISHED = ("COMPLETE", "PRUNED")
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("workers-cache")
-    prepare_proxy_data(path, 1024, max_sentences=20000)
-    return path
+def cache(proxy_cache: Path) -> Path:
+    return proxy_cache
 
 
 def start_search(storage: str, out: Path, cache: Path, trials: int, *extra: str) -> subprocess.Popen:

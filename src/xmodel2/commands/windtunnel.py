@@ -189,7 +189,8 @@ def _positive(value: int, option: str) -> int:
 def _run_lr_transfer(args: argparse.Namespace) -> int:
     from xmodel2.fileio import atomic_write_json, atomic_write_text
     from xmodel2.windtunnel.lr_transfer import TransferSettings, format_table, run_lr_transfer
-    from xmodel2.windtunnel.proxy import ProxySettings, prepare_proxy_data, say
+    from xmodel2.train.distributed import say
+    from xmodel2.windtunnel.proxy import ProxySettings, prepare_proxy_data
     from xmodel2.windtunnel.transfer_plot import plot_lr_transfer
 
     profile = PROFILES["quick" if args.quick else "full"]
@@ -284,7 +285,8 @@ def _add_search(parser: argparse.ArgumentParser) -> None:
 def _run_search(args: argparse.Namespace) -> int:
     from xmodel2.model.config import preset
     from xmodel2.train.study import count_trials, default_storage, worker_devices
-    from xmodel2.windtunnel.proxy import ProxySettings, prepare_proxy_data, say
+    from xmodel2.train.distributed import say
+    from xmodel2.windtunnel.proxy import ProxySettings, prepare_proxy_data
     from xmodel2.windtunnel.search import SearchSettings, open_study, run_search
     from xmodel2.windtunnel.search_report import format_summary, write_report
 

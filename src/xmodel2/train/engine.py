@@ -134,7 +134,8 @@ def plan_stages(run: RunConfig, shard_dirs: dict[str, Path], batches: BatchSched
         end = start + n_steps
         stage_tokens = (batches.offset(end) - batches.offset(start)) * run.data.seq_len
         specs = []
-        for source, amount in stage.mixture.items():
+        # In name order: a mixture is a mapping, and how a file lists it must not change the data order.
+        for source, amount in sorted(stage.mixture.items()):
             tokens = int(amount) if amount > 1 else _share_tokens(amount, stage_tokens, run.data.seq_len)
             if tokens > 0:
                 specs.append(SourceSpec(name=source, path=str(shard_dirs[source]), tokens=tokens,

@@ -1,11 +1,13 @@
 """Proxy training: one short, real pretraining run of a small model, scored by held-out loss.
 
-Every wind-tunnel search (LR transfer, the Bayesian μP search, the data-ratio search) asks the
-same question many times: "how good is this model config at this LR?" `train_proxy` answers it
-with the production recipe in miniature: AdamW with μP's parameter groups (`build_optimizer`),
-the WSD shape (linear warmup, constant stage, exponential decay over the last ~20% of the steps),
-gradient clipping, a seeded token mixture of the bundled corpus (`MixtureDataset`), and the
-mean next-token loss on the held-out Wikipedia validation split.
+Every wind-tunnel search (LR transfer, the Bayesian μP search) asks the same question many times:
+"how good is this model config at this LR?" `train_proxy` answers it with a run of the production
+engine: the proxy is a run config made in memory (`proxy_run_config`: a stable stage and an
+exponential decay stage over the last ~20% of the steps, both on a seeded token mixture of the
+bundled corpus) that `xmodel2.train.engine.build_trainer` builds and trains exactly as
+`xmodel2 pretrain` would train it (μP's AdamW groups, WSD, clipping, gradient accumulation,
+compile, any device), scored by the mean next-token loss on the held-out Wikipedia validation split.
+Written out as YAML, the same config trains with `xmodel2 pretrain` to the same losses, step by step.
 
 The tokenizer and the token shards are made once into a cache folder (`prepare_proxy_data`) and
 shared by every run. A run is a pure function of (model config, LR, data, settings): the weights
@@ -20,7 +22,6 @@ CPU with its cores split between them (threads of two processes would fight).
 from __future__ import annotations
 
 import math
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
@@ -30,7 +31,10 @@ from typing import Callable, Iterator, Sequence
 
 from xmodel2.errors import UserError
 from xmodel2.model.config import ModelConfig, MupConfig
-from xmodel2.train.hardware import PRECISIONS
+from xmodel2.train.engine import RunData, build_trainer
+from xmodel2.train.hardware import PRECISIONS, pick_device
+from xmodel2.train.runconfig import RunConfig, run_config_from_dict
+from xmodel2.train.trainer import Callback, StepResult, Trainer, TrainingDiverged
 
 # The stable-stage mixture of the embedded default config (configs/default.yaml).
 DEFAULT_MIXTURE: tuple[tuple[str, float], ...] = (
@@ -50,6 +54,11 @@ class ProxyData:
     vocab_size: int
     sources: dict[str, str]  # corpus part -> shard folder
     validation: str  # shard folder of the held-out validation split
+    inputs: dict[str, str] = field(default_factory=dict)  # corpus part -> the text file it was made from
+
+    def run_data(self) -> RunData:
+        return RunData(Path(self.tokenizer), {**{name: Path(path) for name, path in self.sources.items()},
+                                              VALIDATION_PART: Path(self.validation)})
 
 
 @dataclass(frozen=True)
@@ -62,8 +71,10 @@ class ProxySettings:
     decay_halvings: float = 5.0  # the LR halves this many times over the decay (MiniCPM-like)
     weight_decay: float = 0.1
     grad_clip: float = 1.0
+    micro_batch_size: int | str = "auto"  # sequences per forward/backward; auto: the whole batch if it fits
     precision: str = "auto"
     device: str = "auto"  # auto, cpu, cuda, cuda:N; workers of a search pin theirs (`pinned`)
+    compile: bool = False
     val_sequences: int = 64
     eval_every: int = 0  # intermediate validations for the report callback; 0: final only
     seed: int = 0
@@ -92,6 +103,7 @@ class ProxyResult:
     steps_done: int = 0
     train_loss: float = math.nan  # of the last step
     curve: list[tuple[int, float]] = field(default_factory=list)  # (step, val loss) reported
+    train_losses: list[float] = field(default_factory=list)  # every step's training loss
     seconds: float = 0.0
 
 
@@ -127,32 +139,8 @@ def prepare_proxy_data(cache_dir: str | Path, vocab_size: int = 2048, max_senten
             log(f"prepared {part}: {result.meta['tokens']:,} tokens")
         shards[part] = str(root / "shards" / part)
     validation = shards.pop(VALIDATION_PART)
-    return ProxyData(str(tokenizer_dir), tokenizer.vocab_size, shards, validation)
-
-
-def _mixture(data: ProxyData, settings: ProxySettings):
-    from xmodel2.data.mixture import MixtureDataset, SourceSpec
-
-    budget = settings.steps * settings.batch_size * settings.seq_len
-    total = sum(share for _, share in settings.mixture)
-    specs = []
-    for name, share in settings.mixture:
-        if name not in data.sources:
-            raise UserError(f"proxy mixture: unknown source {name!r}; sources are "
-                            f"{', '.join(sorted(data.sources))}")
-        # at least one sequence per source, so a tiny run still has every source
-        tokens = max(settings.seq_len, round(budget * share / total))
-        specs.append(SourceSpec(name=name, path=data.sources[name], tokens=tokens))
-    return MixtureDataset(specs, seq_len=settings.seq_len, seed=settings.seed)
-
-
-def _validation_blocks(data: ProxyData, settings: ProxySettings) -> list:
-    from xmodel2.data.mixture import SequentialDataset
-
-    held_out = SequentialDataset(data.validation, settings.seq_len, max_sequences=settings.val_sequences)
-    size = settings.batch_size
-    return [held_out.sequences(range(i, min(len(held_out), i + size)))
-            for i in range(0, len(held_out), size)]
+    inputs = {part: str(corpus_file(part)) for part in parts + (VALIDATION_PART,)}
+    return ProxyData(str(tokenizer_dir), tokenizer.vocab_size, shards, validation, inputs)
 
 
 # ---- models ---------------------------------------------------------------------------------------
@@ -173,27 +161,64 @@ def proxy_model(width: int, layers: int, vocab_size: int, seq_len: int, *, mup: 
 
 # ---- one run --------------------------------------------------------------------------------------
 
-def wsd_for(settings: ProxySettings):
-    from xmodel2.train.schedule import WSDSchedule
-
+def proxy_run_config(config: ModelConfig, lr: float, data: ProxyData, settings: ProxySettings) -> RunConfig:
+    """The run a proxy trial is: `settings` as a pretraining run config of `config` at peak LR
+    `lr` on the prepared data (in memory; `to_dict()` gives what `xmodel2 pretrain` reads)."""
     decay_steps = round(settings.steps * settings.decay_fraction)
-    decay_start = settings.steps - decay_steps
-    warmup = min(decay_start, round(settings.steps * settings.warmup_fraction))
-    return WSDSchedule(warmup_steps=warmup, decay_start=decay_start, total_steps=settings.steps,
-                       shape="exponential", half_life=max(1, decay_steps) / settings.decay_halvings)
+    stable_steps = settings.steps - decay_steps
+    total = sum(share for _, share in settings.mixture)
+    mixture = {name: share / total for name, share in settings.mixture}
+    for name in mixture:
+        if name not in data.sources:
+            raise UserError(f"proxy mixture: unknown source {name!r}; sources are "
+                            f"{', '.join(sorted(data.sources))}")
+    sources = {name: {"inputs": [data.inputs.get(name, data.sources[name])]} for name in mixture}
+    sources[VALIDATION_PART] = {"inputs": [data.inputs.get(VALIDATION_PART, data.validation)], "held_out": True}
+    stages = []
+    if stable_steps:
+        stages.append({"name": "stable", "mixture": mixture, "steps": stable_steps})
+    if decay_steps:
+        stages.append({"name": "decay", "mixture": mixture, "steps": decay_steps,
+                       "decay": {"shape": "exponential", "halvings": settings.decay_halvings}})
+    model = config.to_dict()
+    return run_config_from_dict({
+        "model": model,
+        "tokenizer": {"path": data.tokenizer},
+        "data": {"sources": sources, "seq_len": settings.seq_len, "validation": VALIDATION_PART,
+                 "validation_sequences": settings.val_sequences},
+        "train": {"steps": settings.steps, "seed": settings.seed, "lr": lr,
+                  "warmup_steps": min(stable_steps, round(settings.steps * settings.warmup_fraction)),
+                  "weight_decay": settings.weight_decay, "grad_clip": settings.grad_clip,
+                  "batch_size": settings.batch_size, "micro_batch_size": settings.micro_batch_size,
+                  "precision": settings.precision, "device": settings.device, "compile": settings.compile,
+                  "val_every": settings.eval_every or settings.steps, "log_every": settings.steps},
+        "stages": stages,
+        "checkpoint": {"every": settings.steps, "keep": 1},
+    })
+
+
+class _Watch(Callback):
+    """Keeps a proxy's losses, ends it as diverged on a non-finite validation loss, and asks the
+    search (`report`) after each intermediate validation whether to stop."""
+
+    def __init__(self, result: ProxyResult, report: ReportCallback | None) -> None:
+        self.result, self.report = result, report
+
+    def on_step_end(self, trainer: Trainer, step: StepResult) -> None:
+        self.result.train_losses.append(step.loss)
+        value = step.record.get("val_loss")
+        if value is None:
+            return
+        if not math.isfinite(value):
+            raise TrainingDiverged(f"validation loss is {value} after step {step.step}")
+        self.result.curve.append((step.step, value))
+        if self.report is not None and step.step < trainer.settings.total_steps and self.report(step.step, value):
+            trainer.stop_requested = True
 
 
 def train_proxy(config: ModelConfig, lr: float, data: ProxyData, settings: ProxySettings,
                 report: ReportCallback | None = None) -> ProxyResult:
     """Train `config` at peak LR `lr` for `settings.steps` steps; return the held-out loss."""
-    import torch
-
-    from xmodel2.model.folder import build_model
-    from xmodel2.model.mup import build_optimizer, set_learning_rate
-    from xmodel2.train.hardware import pick_device, resolve_precision
-    from xmodel2.train.loss import next_token_loss
-    from xmodel2.train.trainer import autocast_context, evaluate_loss
-
     settings.validate()
     if not lr > 0:
         raise UserError(f"learning rate must be positive, got {lr}")
@@ -201,51 +226,18 @@ def train_proxy(config: ModelConfig, lr: float, data: ProxyData, settings: Proxy
         raise UserError(f"model vocab_size {config.vocab_size} < the tokenizer's {data.vocab_size}")
     started = time.perf_counter()
     device = pick_device(settings.device, "--device")
-    # resolved once: "auto" measures the device's bf16 speed, which a run must not repeat per step
-    precision = resolve_precision(settings.precision, device)
-    # the weights are drawn on the CPU from the seeded generator, so every device starts alike
-    model = build_model(config, seed=settings.seed).to(device)
-    optimizer = build_optimizer(model, config, lr=lr, weight_decay=settings.weight_decay)
-    schedule = wsd_for(settings)
-    dataset = _mixture(data, settings)
-    validation = _validation_blocks(data, settings)
     result = ProxyResult(val_loss=math.inf)
-    clip = settings.grad_clip if settings.grad_clip > 0 else math.inf
-    model.train()
-    for step in range(settings.steps):
-        set_learning_rate(optimizer, lr * schedule.factor(step))
-        first = step * settings.batch_size
-        block = dataset.sequences(range(first, first + settings.batch_size)).to(device)
-        with autocast_context(precision, device):
-            loss = next_token_loss(model, block[:, :-1], block[:, 1:])
-        result.train_loss = loss.item()
-        if not math.isfinite(result.train_loss):
-            return _diverged(result, step, started)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-        if not torch.isfinite(grad_norm):
-            return _diverged(result, step, started)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        result.steps_done = step + 1
-        done = result.steps_done == settings.steps
-        if done or (settings.eval_every and result.steps_done % settings.eval_every == 0):
-            value = evaluate_loss(model, validation, precision, device)
-            if not math.isfinite(value):
-                return _diverged(result, step, started)
-            result.curve.append((result.steps_done, value))
-            if done:
-                result.val_loss = value
-            elif report is not None and report(result.steps_done, value):
-                result.stopped_early = True
-                result.val_loss = value
-                break
-    result.seconds = time.perf_counter() - started
-    return result
-
-
-def _diverged(result: ProxyResult, step: int, started: float) -> ProxyResult:
-    result.diverged, result.val_loss, result.steps_done = True, math.inf, step
+    trainer = build_trainer(proxy_run_config(config, lr, data, settings), None, device, data.run_data(),
+                            callbacks=[_Watch(result, report)], validate_at_start=False)
+    try:
+        trainer.run()
+    except TrainingDiverged:
+        result.diverged = True
+    result.steps_done = len(result.train_losses)
+    result.train_loss = result.train_losses[-1] if result.train_losses else math.nan
+    if not result.diverged and result.curve:
+        result.val_loss = result.curve[-1][1]
+        result.stopped_early = trainer.stop_requested
     result.seconds = time.perf_counter() - started
     return result
 
@@ -322,6 +314,3 @@ def run_in_workers(jobs: Sequence[ProxyJob], workers: int) -> Iterator[tuple[Pro
         for future in as_completed(futures):
             yield futures[future], future.result()
 
-
-def say(message: str) -> None:
-    print(f"xmodel2: {message}", file=sys.stderr, flush=True)

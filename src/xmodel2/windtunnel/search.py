@@ -127,7 +127,7 @@ def _logger(log: Callable[[str], None]):
 def _worker(job: tuple, heartbeat_s: int, threads: int) -> int:
     import torch
 
-    from xmodel2.windtunnel.proxy import say
+    from xmodel2.train.distributed import say
 
     torch.set_num_threads(threads)
     return run_trials(*job, log=say, heartbeat_s=heartbeat_s)
