@@ -4,6 +4,7 @@ processes, an Optuna study that resumes, the best mixture as a runnable config, 
 from __future__ import annotations
 
 import gzip
+import os
 import json
 import subprocess
 import sys
@@ -174,3 +175,30 @@ def test_xmodel2_pretrain_runs_the_best_mixture(setup, tmp_path):
     full = load_run_config(out / "best-mixture.yaml", []).stages
     assert [(s.name, s.steps, s.decay) for s in merged] == [(s.name, s.steps, s.decay) for s in full]
     assert merged[1].mixture == pytest.approx(full[1].mixture, abs=1e-6)
+
+
+def test_a_branch_equals_pretrain_init_from_with_its_mixture(setup, tmp_path):
+    """A branch is a run config trained by the engine from the stable checkpoint: the same config
+    under `xmodel2 pretrain --init-from` trains to the same losses, step by step."""
+    import yaml
+
+    _, out, _ = setup
+    trial = sorted((out / "trials").iterdir())[0]
+    resolved = json.loads((trial / "run_config.json").read_text())
+    resolved.pop("resolved_model")
+    config = tmp_path / "branch.yaml"
+    config.write_text(yaml.safe_dump(resolved))
+    stable = out / "stable" / "checkpoints" / "step-00000016"
+    # One thread, as each of the search's two workers had (threads could reorder float sums).
+    proc = subprocess.run([sys.executable, "-m", "xmodel2", "pretrain", str(config), "--init-from", str(stable),
+                           "--out", str(tmp_path / "run"), "--no-finish", "--no-progress"],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    def losses(folder: Path) -> list[tuple]:
+        records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+        return [(r["step"], r["loss"], r.get("val_loss")) for r in records]
+
+    branch = losses(trial)
+    assert branch and branch[0][0] > 16 and branch[-1][0] == 26
+    assert losses(tmp_path / "run") == branch
