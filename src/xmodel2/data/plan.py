@@ -47,6 +47,20 @@ class GlobalBatches(Protocol):
 
 
 @dataclass(frozen=True)
+class RepeatedBatch:
+    """One fixed batch of (inputs, targets) rows as a dataset: sequence i is row i mod rows, so a
+    plan whose global batch equals the rows trains on exactly this batch at every step (the
+    coordinate check's probes)."""
+
+    inputs: torch.Tensor
+    targets: torch.Tensor
+
+    def training_pair(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = torch.as_tensor([i % len(self.inputs) for i in indices], dtype=torch.long)
+        return self.inputs[rows], self.targets[rows]
+
+
+@dataclass(frozen=True)
 class MicroBatch:
     """Inputs and targets, each (sequences, seq_len); a target of IGNORE_INDEX carries no loss."""
 

@@ -3,7 +3,8 @@
 Models of several widths (fixed `dim_model_base`, fixed head_dim, so heads scale with width) or,
 in the depth sweep, several depths at one width, take a few AdamW steps from our
 `build_optimizer` (so μP's per-group LRs are the real ones) at a deliberately large LR on one fixed
-batch, with no clipping, for several seeds. Forward hooks record, for each module output x_t at
+batch, with no clipping, for several seeds, trained by the same `Trainer` as every run (its
+statistics gathered by a callback). Forward hooks record, for each module output x_t at
 step t, the mean |x_t| and the mean |x_t - x_0|; the seed means are fitted on log-log axes
 against width (or depth).
 
@@ -39,11 +40,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from xmodel2.data.plan import DataPlan, RepeatedBatch
 from xmodel2.errors import UserError
 from xmodel2.model.config import ModelConfig, MupConfig
 from xmodel2.model.folder import build_model
 from xmodel2.model.mup import build_optimizer
 from xmodel2.model.transformer import Transformer
+from xmodel2.train.schedule import BatchSchedule
+from xmodel2.train.trainer import Callback, LoopSettings, StepResult, Trainer, TrainingDiverged
 from xmodel2.windtunnel.arms import DEPTH_ARMS, WIDTH_ARMS, Arm
 from xmodel2.windtunnel.textbatch import FixedBatch, fixed_batch
 
@@ -123,7 +127,13 @@ class Recorder:
                                  ("mlp_out", layer.mlp), ("resid", layer)):
                 self._watch(module, f"{label}.{kind}")
         self._watch(body.norm, "final_norm")
-        self._watch(model, "logits")
+        # Training asks the model for its final hidden states (the loss makes logits in chunks):
+        # the logits are then made from them here, as the model would.
+        self.names.append("logits")
+        self._handles.append(model.register_forward_hook(
+            lambda module, _args, kwargs, output: self._keep(
+                "logits", module.logits(output.detach()) if kwargs.get("output_hidden") else output),
+            with_kwargs=True))
 
     def _watch(self, module: torch.nn.Module, name: str) -> None:
         self.names.append(name)
@@ -155,9 +165,40 @@ def block_labels(num_layers: int, axis: str) -> dict[int, str]:
     return {i: f"b{i}" for i in range(num_layers)}
 
 
+@dataclass(frozen=True)
+class _ProbeStage:
+    name: str
+    start: int
+    end: int
+    dataset: RepeatedBatch
+
+
+class _Statistics(Callback):
+    """The recorder's statistics of each training step's forward (x_t at the weights after t
+    updates), and after the last step one more forward for x_T."""
+
+    def __init__(self, recorder: Recorder, batch: FixedBatch, steps: int) -> None:
+        self.recorder, self.batch = recorder, batch
+        self.stats = np.full((len(recorder.names), steps + 1, 2), np.nan)
+        self.losses = [math.nan] * (steps + 1)
+
+    def on_step_end(self, trainer: Trainer, result: StepResult) -> None:
+        self.stats[:, result.step - 1] = self.recorder.stats()
+        self.losses[result.step - 1] = result.loss
+
+    def on_train_end(self, trainer: Trainer) -> None:
+        if trainer.step < trainer.settings.total_steps:
+            return  # diverged: the remaining steps stay NaN, which fails any fit
+        with torch.no_grad():
+            logits = trainer.model(self.batch.inputs)
+        self.stats[:, -1] = self.recorder.stats()
+        self.losses[-1] = F.cross_entropy(logits.flatten(0, 1), self.batch.targets.flatten()).item()
+
+
 def probe(settings: CoordCheckSettings, value: int, arm: Arm, seed: int,
           batch: FixedBatch) -> tuple[list[str], np.ndarray, list[float]]:
-    """Train one model for `steps` steps.
+    """Train one model for `steps` steps on the training engine, at a constant LR on one fixed
+    batch, in fp32 and without clipping.
 
     Returns the module names, their stats (modules, steps+1, 2) and the loss at each step.
     """
@@ -169,23 +210,20 @@ def probe(settings: CoordCheckSettings, value: int, arm: Arm, seed: int,
     if arm.edit_optimizer is not None:
         arm.edit_optimizer(optimizer, settings.lr)
     recorder = Recorder(model, block_labels(config.num_layers, settings.axis))
-    stats = np.empty((len(recorder.names), settings.steps + 1, 2))
-    losses = []
+    statistics = _Statistics(recorder, batch, settings.steps)
+    rows = len(batch.inputs)
+    plan = DataPlan([_ProbeStage("probe", 0, settings.steps, RepeatedBatch(batch.inputs, batch.targets))],
+                    BatchSchedule.constant(rows), micro_batch_size=rows)
+    trainer = Trainer(model, optimizer, LoopSettings(total_steps=settings.steps, seq_len=settings.seq_len,
+                                                     grad_clip=0.0, precision="fp32"),
+                      plan, lambda step: 1.0, settings.lr, torch.device("cpu"), callbacks=[statistics])
     try:
-        for step in range(settings.steps + 1):
-            training = step < settings.steps
-            with torch.set_grad_enabled(training):
-                logits = model(batch.inputs)
-            stats[:, step] = recorder.stats()
-            loss = F.cross_entropy(logits.flatten(0, 1), batch.targets.flatten())
-            losses.append(loss.item())
-            if training:
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+        trainer.run()
+    except TrainingDiverged:
+        pass  # what was recorded stands; the rest is NaN
     finally:
         recorder.close()
-    return recorder.names, stats, losses
+    return recorder.names, statistics.stats, statistics.losses
 
 
 # ---- fitting and the verdict ---------------------------------------------------------------------
