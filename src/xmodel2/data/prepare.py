@@ -1,4 +1,5 @@
-"""Text files / JSONL / folders → one token shard folder, with worker processes, resumably.
+"""Text, JSON Lines, Parquet and Hugging Face dataset files (see readers.py) → one token shard
+folder, with worker processes, resumably.
 
 How a run is made safe to kill and to repeat:
 - The documents are cut, in input order, into chunks of about `chunk_chars` characters. A chunk
