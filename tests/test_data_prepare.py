@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -221,3 +222,55 @@ def test_wrong_dtype_in_meta(shard):
     (shard / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(UserError, match="does not match vocabulary size"):
         ShardReader(shard)
+
+
+@pytest.fixture(scope="module")
+def five_files(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("five")
+    docs = read_docs(corpus_file("math"), 100)
+    for i in range(5):
+        write_jsonl(folder / f"{i}.jsonl", docs[i * 20:(i + 1) * 20])
+    return folder
+
+
+def test_datatrove_shards_are_identical_for_any_task_count(small_tokenizer, five_files, tmp_path):
+    pool = prepare([str(five_files)], str(small_tokenizer), tmp_path / "pool", workers=1, progress=False)
+    for tasks in (1, 4):
+        out = tmp_path / f"tasks-{tasks}"
+        result = prepare([str(five_files)], str(small_tokenizer), out, workers=2, executor="local", tasks=tasks,
+                         progress=False)
+        assert result.encoded_chunks == 5 and not staging_dir(out).exists()
+        assert shard_bytes(out) == shard_bytes(tmp_path / "pool")  # meta.json included
+    assert pool.meta["documents"] == 100
+
+
+def test_datatrove_resume_skips_finished_files_and_redoes_changed_ones(small_tokenizer, five_files, tmp_path):
+    from xmodel2.data.pipeline import EncodeFiles, part_path
+
+    reference = tmp_path / "reference"
+    prepare([str(five_files)], str(small_tokenizer), reference, workers=1, progress=False)
+    out = tmp_path / "resumed"
+    first = prepare([str(five_files)], str(small_tokenizer), out, workers=1, executor="local", progress=False)
+    # an interrupted run: only task 0 of 5 finished; task 1's part belongs to an older version of its file
+    staging = staging_dir(out)
+    staging.mkdir()
+    files = sorted(str(p) for p in five_files.iterdir())
+    digests = [b"\0" * 32] * 5  # force encoding of the files this step is given
+    EncodeFiles(files, digests, str(small_tokenizer), "text", str(staging), first.meta["dtype"],
+                b"another salt")(None, rank=1, world_size=5)
+    salt = f"{first.meta['format']}/{first.meta['version']}/{first.meta['tokenizer']['fingerprint']}/" \
+           f"{first.meta['dtype']}\n".encode()
+    EncodeFiles(files, digests, str(small_tokenizer), "text", str(staging), first.meta["dtype"], salt)(
+        None, rank=0, world_size=5)
+    assert part_path(staging, 0).is_file() and part_path(staging, 1).is_file()
+    shutil.rmtree(out)
+    result = prepare([str(five_files)], str(small_tokenizer), out, workers=1, executor="local", progress=False)
+    assert (result.reused_chunks, result.encoded_chunks) == (1, 4)
+    assert shard_bytes(out) == shard_bytes(reference)
+
+
+def test_unknown_executor_is_one_line_error(small_tokenizer, five_files, tmp_path, capsys):
+    code = main(["prepare", str(five_files), "--tokenizer", str(small_tokenizer), "--out", str(tmp_path / "s"),
+                 "--executor", "spark"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "unknown executor 'spark'" in err

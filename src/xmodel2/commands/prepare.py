@@ -20,6 +20,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--text-field", "--jsonl-field", dest="text_field", default="text",
                         help="JSON field or Parquet/Arrow column holding the text (default: text)")
     parser.add_argument("--workers", type=int, default=2, help="tokenizer processes (default: 2)")
+    parser.add_argument("--executor", default="pool",
+                        help="pool: chunks encoded by a process pool of this machine (default); local: "
+                             "input files encoded as datatrove tasks in --workers local processes. "
+                             "Both write the same shard bytes")
+    parser.add_argument("--tasks", type=int, default=None,
+                        help="datatrove tasks (--executor local; default: one per input file)")
     parser.add_argument("--strict", action="store_true",
                         help="stop at the first malformed line or row, invalid UTF-8 or empty document "
                              "instead of skipping and counting it")
@@ -48,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
     check_outputs_apart([args.out], [*args.inputs, *input_files(args.inputs), args.tokenizer])
     result = prepare(args.inputs, args.tokenizer, args.out, jsonl_field=args.text_field,
                      workers=args.workers, strict=args.strict,
-                     chunk_chars=args.chunk_chars or DEFAULT_CHUNK_CHARS)
+                     chunk_chars=args.chunk_chars or DEFAULT_CHUNK_CHARS, executor=args.executor,
+                     tasks=args.tasks)
     meta = result.meta
     if result.up_to_date:
         print(f"{result.out}: up to date ({meta['tokens']:,} tokens, {meta['documents']:,} documents)")

@@ -27,6 +27,9 @@ from typing import Iterator
 
 import numpy as np
 
+from xmodel2.data.pipeline import PART_MAGIC as _PART_MAGIC
+from xmodel2.data.pipeline import EncodeFiles, HashingReader, part_digest, run_local
+from xmodel2.data.pipeline import part_path as _part_path
 from xmodel2.data.readers import DocumentReader, FileCounts, input_files
 from xmodel2.data.shards import (DOCUMENTS_FILE, FORMAT, META_FILE, TOKENS_FILE, VERSION, numpy_dtype,
                                  token_dtype)
@@ -34,7 +37,7 @@ from xmodel2.errors import UserError
 from xmodel2.fileio import atomic_directory, atomic_write_bytes, atomic_write_json, read_json
 
 DEFAULT_CHUNK_CHARS = 1 << 20
-_PART_MAGIC = b"XM2PART1"
+EXECUTORS = ("pool", "local")
 _HEADER = len(_PART_MAGIC) + 32 + 16  # magic, chunk hash, document and token counts
 
 
@@ -84,10 +87,6 @@ def _sealed(chunk: Chunk, salt: bytes) -> Chunk:
         digest.update(data)
     chunk.digest = digest.digest()
     return chunk
-
-
-def _part_path(staging: Path, index: int) -> Path:
-    return staging / f"part-{index:08d}.bin"
 
 
 def _read_part(path: Path, digest: bytes, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray] | None:
@@ -163,7 +162,11 @@ class _Encoder:
 
 def prepare(inputs: list[str], tokenizer_path: str, out: str | Path, jsonl_field: str = "text",
             workers: int = 2, strict: bool = False, chunk_chars: int = DEFAULT_CHUNK_CHARS,
-            progress: bool = True) -> PrepareResult:
+            progress: bool = True, executor: str = "pool", tasks: int | None = None) -> PrepareResult:
+    """Encode `inputs` into the shard folder `out`. executor `pool`: chunks of about `chunk_chars`
+    encoded by `workers` processes of this machine; `local`: input files encoded by `tasks`
+    datatrove tasks (one per input file by default) in `workers` processes. Both give the same
+    shard bytes."""
     from xmodel2.tokenizer import load_tokenizer
 
     out = Path(out)
@@ -171,6 +174,10 @@ def prepare(inputs: list[str], tokenizer_path: str, out: str | Path, jsonl_field
         raise UserError(f"--workers must be at least 1, got {workers}")
     if chunk_chars < 1:
         raise UserError(f"--chunk-chars must be at least 1, got {chunk_chars}")
+    if executor not in EXECUTORS:
+        raise UserError(f"--executor: unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
+    if tasks is not None and tasks < 1:
+        raise UserError(f"--tasks must be at least 1, got {tasks}")
     tokenizer = load_tokenizer(tokenizer_path)
     if tokenizer.eos_id is None:
         raise UserError(f"{tokenizer_path}: tokenizer has no EOS token to end documents with")
@@ -189,6 +196,9 @@ def prepare(inputs: list[str], tokenizer_path: str, out: str | Path, jsonl_field
         if isinstance(old, dict) and old.get("request_sha256") == request:
             return PrepareResult(out, old, up_to_date=True)
 
+    if executor != "pool":
+        return _prepare_with_datatrove(files, readers(), tokenizer, str(tokenizer_path), out, salt, dtype_name,
+                                       workers, tasks or len(files), chunk_chars, jsonl_field)
     staging = staging_dir(out)
     staging.mkdir(parents=True, exist_ok=True)
     try:
@@ -282,3 +292,38 @@ def _concatenate(plan: list[Chunk], staging: Path, out: Path, dtype: np.dtype, c
         }
         atomic_write_json(tmp / META_FILE, meta)
     return meta
+
+
+def _prepare_with_datatrove(files: list[Path], readers: list[DocumentReader], tokenizer, tokenizer_path: str,
+                            out: Path, salt: bytes, dtype_name: str, workers: int, tasks: int,
+                            chunk_chars: int, jsonl_field: str) -> PrepareResult:
+    """One reading pass here counts (or, strict, refuses) bad records and hashes the request as
+    the pool does, so that meta.json is the same; then datatrove tasks encode one part per input
+    file and the parts are concatenated in file order."""
+    hashing = [HashingReader(reader, salt) for reader in readers]
+    request = _request_hash(salt, _chunks(hashing, chunk_chars, salt))
+    digests = [reader.hash.digest() for reader in hashing]
+    counts = [reader.counts for reader in readers]
+    if (out / META_FILE).is_file():
+        old = read_json(out / META_FILE, "shard metadata (meta.json)")
+        if isinstance(old, dict) and old.get("request_sha256") == request:
+            return PrepareResult(out, old, up_to_date=True, files=counts)
+    if not any(c.documents for c in counts):
+        skipped = sum(c.skipped for c in counts)
+        raise UserError(f"{', '.join(c.path for c in counts)}: no documents to prepare "
+                        f"({skipped} lines or files skipped as malformed, invalid UTF-8 or empty)")
+    staging = staging_dir(out)
+    staging.mkdir(parents=True, exist_ok=True)
+    reused = sum(1 for i, c in enumerate(counts) if c.documents and part_digest(_part_path(staging, i)) == digests[i])
+    step = EncodeFiles([str(f) for f in files], digests, tokenizer_path, jsonl_field, str(staging), dtype_name, salt)
+    run_local(step, min(tasks, len(files)), workers, staging / "logs")
+    plan = []
+    for index, file_counts in enumerate(counts):
+        if file_counts.documents:
+            if part_digest(_part_path(staging, index)) != digests[index]:
+                raise RuntimeError(f"{files[index]}: its datatrove task left no part; see {staging / 'logs'}")
+            plan.append(Chunk(index, [], [index] * file_counts.documents, digests[index]))
+    meta = _concatenate(plan, staging, out, numpy_dtype(dtype_name), counts, request, tokenizer, tokenizer_path,
+                        dtype_name, jsonl_field)
+    shutil.rmtree(staging, ignore_errors=True)
+    return PrepareResult(out, meta, encoded_chunks=len(plan) - reused, reused_chunks=reused, files=counts)
