@@ -45,6 +45,9 @@ class EncodeFiles:
         self.dtype_name = dtype_name
         self.salt = salt
 
+    def __repr__(self) -> str:  # what datatrove's log shows as the pipeline
+        return f"xmodel2 encode: {len(self.files)} input files -> {self.staging}"
+
     def __call__(self, data, rank: int = 0, world_size: int = 1):
         from xmodel2.tokenizer import load_tokenizer
 
