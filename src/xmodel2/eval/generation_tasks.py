@@ -1,5 +1,8 @@
 """Generation tasks: greedy decoding until a stop string, then answer extraction and exact match.
 
+The documents are decoded together, `batch_size` rows at a time with continuous batching
+(`generate_many`): a finished answer's row goes to the next question at once.
+
 Reports `exact_match` with the task's strict answer rule and `exact_match_flexible` with the
 last-number fallback (GSM8K's two filters in lm-evaluation-harness); math tasks report one
 `exact_match` over normalized LaTeX answers.
@@ -12,7 +15,7 @@ from dataclasses import dataclass
 from xmodel2.eval.answers import exact_match, extract_flexible, extract_math, extract_strict
 from xmodel2.eval.metrics import Metric, mean, mean_stderr
 from xmodel2.eval.tasks import GenerationDoc, Task
-from xmodel2.model.generate import (continuation_text, cut_at_stop, default_add_bos, generate_ids,
+from xmodel2.model.generate import (continuation_text, cut_at_stop, default_add_bos, generate_many,
                                     stop_ids_for, stop_string_check)
 
 
@@ -27,16 +30,15 @@ def generate_answers(model, tokenizer, task: Task, batch_size: int = 8,
     add_bos = default_add_bos(tokenizer) if add_bos is None else add_bos
     docs: list[GenerationDoc] = task.docs
     prompts = [tokenizer.encode(doc.prompt, add_bos=add_bos) for doc in docs]
-    # longest first, so each batch pads little
+    # Longest first: rows that join a running batch are then no longer than those in it, which
+    # keeps left padding short.
     order = sorted(range(len(docs)), key=lambda i: -len(prompts[i]))
+    new = generate_many(model, [prompts[i] for i in order], task.max_new_tokens, batch_size=batch_size,
+                        stop_ids=stop_ids_for(model, tokenizer),
+                        should_stop=stop_string_check(tokenizer, task.stop))
     texts = [""] * len(docs)
-    for start in range(0, len(order), max(1, batch_size)):
-        chunk = order[start:start + batch_size]
-        new = generate_ids(model, [prompts[i] for i in chunk], task.max_new_tokens,
-                           stop_ids=stop_ids_for(model, tokenizer),
-                           should_stop=stop_string_check(tokenizer, task.stop))
-        for i, ids in zip(chunk, new):
-            texts[i] = cut_at_stop(continuation_text(tokenizer, prompts[i], ids), task.stop)
+    for i, ids in zip(order, new):
+        texts[i] = cut_at_stop(continuation_text(tokenizer, prompts[i], ids), task.stop)
     return [GenerationResult(doc, text) for doc, text in zip(docs, texts)]
 
 

@@ -9,6 +9,8 @@ top-k and to the top-p nucleus, and sampled from a seeded generator.
 from __future__ import annotations
 
 import json
+from collections import deque
+from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
 import torch
@@ -105,6 +107,127 @@ def generate_ids(model: Transformer, prompts: Sequence[Sequence[int]], max_new_t
             logits = model.logits(hidden[:, -1])
         next_position = next_position + 1
     return new_ids
+
+
+@torch.inference_mode()
+def generate_many(model: Transformer, prompts: Sequence[Sequence[int]], max_new_tokens: int, *,
+                  batch_size: int = 8, temperature: float = 0.0, top_k: int | None = None,
+                  top_p: float | None = None, stop_ids: Iterable[int] = (), seed: int = 0,
+                  should_stop: Callable[[int, list[int]], bool] | None = None) -> list[list[int]]:
+    """`generate_ids` for any number of prompts, at most `batch_size` of them decoded together.
+
+    Continuous batching: a row leaves the batch as soon as it ends, and the next waiting prompt
+    is prefilled and joins in its place, so the batch stays full until the prompts run out
+    instead of waiting for its slowest row. Rows are left-padded to a common cache length with
+    per-row positions, as in `generate_ids`. Greedy outputs equal `generate_ids` run one prompt
+    at a time; sampled ones depend on which rows share a step (one generator serves the batch).
+    """
+    if any(len(p) == 0 for p in prompts):
+        raise UserError("generate: every prompt needs at least one token")
+    if batch_size < 1:
+        raise UserError(f"generate: batch size must be at least 1, got {batch_size}")
+    new_ids: list[list[int]] = [[] for _ in prompts]
+    if max_new_tokens <= 0:
+        return new_ids
+    waiting = deque(range(len(prompts)))
+    generator = torch.Generator(device=model.device).manual_seed(seed)
+    stops = set(int(i) for i in stop_ids)
+    batch: _Rows | None = None
+    live: list[int] = []  # the batch's slots still decoding
+    while waiting or live:
+        joining = [waiting.popleft() for _ in range(min(len(waiting), batch_size - len(live)))]
+        fresh = _prefill(model, [prompts[i] for i in joining], joining, max_new_tokens) if joining else None
+        if batch is None or not live:
+            batch = fresh
+        elif fresh is not None or len(live) < len(batch.rows):
+            # Finished rows leave and new ones join in one copy of the cache.
+            parts = [(batch, live)] + ([(fresh, list(range(len(joining))))] if fresh is not None else [])
+            batch = _merge(model, parts, max_new_tokens, new_ids)
+        tokens = sample_next(batch.logits, temperature, top_k, top_p, generator)
+        live = []
+        for slot, (row, token) in enumerate(zip(batch.rows, tokens.tolist())):
+            if token in stops:
+                continue
+            new_ids[row].append(token)
+            if len(new_ids[row]) < max_new_tokens and not (should_stop and should_stop(row, new_ids[row])):
+                live.append(slot)
+        if live:
+            # Finished rows are fed too: one more row costs next to nothing in a step bound by
+            # reading the weights, and they leave with the next copy.
+            _feed(model, batch, tokens)
+    return new_ids
+
+
+@dataclass
+class _Rows:
+    """Rows decoded together: their cache (left-padded to `cache.length`) and next-token logits."""
+
+    rows: list[int]  # prompt indices, one per batch row
+    cache: KVCache
+    mask: torch.Tensor  # (rows, cache.max_len): 1 where the cache holds a real token
+    positions: torch.Tensor  # (rows, 1): the position of each row's next token
+    logits: torch.Tensor  # (rows, vocab)
+
+
+def _prefill(model: Transformer, prompts: list[Sequence[int]], rows: list[int], room: int) -> _Rows:
+    """Left-padded prompts through the model, into a cache with `room` slots after the longest."""
+    longest = max(len(p) for p in prompts)
+    input_ids = torch.zeros(len(prompts), longest, dtype=torch.long)
+    mask = torch.zeros(len(prompts), longest + room, dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        input_ids[row, longest - len(prompt):] = torch.tensor(list(prompt), dtype=torch.long)
+        mask[row, longest - len(prompt):longest] = 1
+    input_ids, mask = input_ids.to(model.device), mask.to(model.device)
+    positions = (mask[:, :longest].cumsum(-1) - 1).clamp(min=0)
+    cache = KVCache(model.config, len(prompts), longest + room, device=model.device,
+                    dtype=model.activation_dtype)
+    prompt_mask = mask[:, :longest]
+    padded = bool((prompt_mask == 0).any())
+    hidden = model.hidden_states(input_ids, positions, prompt_mask if padded else None, cache)
+    return _Rows(rows, cache, mask, positions[:, -1:] + 1, model.logits(hidden[:, -1]))
+
+
+def _feed(model: Transformer, batch: _Rows, tokens: torch.Tensor) -> None:
+    """Run one token per row through the model, updating the cache, positions and logits."""
+    seen = batch.cache.length + 1
+    batch.mask[:, seen - 1] = 1
+    keys = batch.mask[:, :seen]
+    hidden = model.hidden_states(tokens[:, None], batch.positions,
+                                 keys if bool((keys == 0).any()) else None, batch.cache)
+    batch.logits = model.logits(hidden[:, -1])
+    batch.positions = batch.positions + 1
+
+
+def _merge(model: Transformer, parts: list[tuple[_Rows, list[int]]], max_new_tokens: int,
+           new_ids: list[list[int]]) -> _Rows:
+    """One batch from the chosen slots of each part, their caches right-aligned to one length.
+
+    Columns that are padding in every chosen row of a part are dropped, so the cache stays as
+    short as its longest row, and the new cache has room for every row's remaining tokens.
+    """
+    device = parts[0][0].mask.device
+    picked = []
+    for part, slots in parts:
+        index = torch.tensor(slots, device=device)
+        used = part.cache.length
+        mask = part.mask.index_select(0, index)[:, :used]
+        span = used - int(mask.any(dim=0).nonzero()[0])
+        picked.append((part, index, mask[:, used - span:], span))
+    length = max(span for *_, span in picked)
+    rows = [part.rows[s] for part, slots in parts for s in slots]
+    room = max(max_new_tokens - len(new_ids[row]) for row in rows)
+    cache = KVCache(model.config, len(rows), length + room, device=device, dtype=model.activation_dtype)
+    cache.length = length
+    mask = torch.zeros(len(rows), length + room, dtype=torch.long, device=device)
+    start = 0
+    for part, index, part_mask, span in picked:
+        end, used = start + len(index), part.cache.length
+        for merged, old in zip(cache.keys + cache.values, part.cache.keys + part.cache.values):
+            merged[start:end, :, length - span:length] = old[:, :, used - span:used].index_select(0, index)
+        mask[start:end, length - span:length] = part_mask
+        start = end
+    return _Rows(rows, cache, mask, torch.cat([p.positions.index_select(0, i) for p, i, *_ in picked]),
+                 torch.cat([p.logits.index_select(0, i) for p, i, *_ in picked]))
 
 
 def compiled_decode_step(model: Transformer) -> Callable:
