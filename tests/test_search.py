@@ -4,6 +4,7 @@ outputs (database, plots, importances, a config fragment pretrain accepts), prun
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -54,7 +55,9 @@ def test_three_trials_then_two_more_in_the_same_study(searched: tuple[Path, int,
     assert all(t.state.name == "COMPLETE" for t in study.trials)  # 5 trials: pruner still warming up
     # every trial is a real run scored by held-out loss, with its intermediate reports
     for t in study.trials:
-        assert 0 < t.value < 30 and sorted(t.intermediate_values) == [2]
+        # finite: a sampled config far from the good region (dim_model_base 1024 on a 256-wide
+        # model, scale_emb 20) may end 4 steps at a loss of 40, but no trial is lost or NaN
+        assert 0 < t.value < math.inf and sorted(t.intermediate_values) == [2]
         assert set(t.params) == {"scale_emb", "dim_model_base", "scale_depth", "lr"}
         assert 2 <= t.params["scale_emb"] <= 20
         assert t.params["dim_model_base"] in (32, 64, 128, 256, 512, 1024)

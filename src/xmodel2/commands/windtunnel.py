@@ -145,11 +145,7 @@ def _add_lr_transfer(parser: argparse.ArgumentParser) -> None:
                         help="init std: μP's base std, SP's std for every matrix (default: %(default)s)")
     parser.add_argument("--vocab-size", type=int, default=2048,
                         help="tokenizer trained once into the cache (default: %(default)s)")
-    parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
-                        help="auto: bf16 where this device runs bf16 matmuls fast, else fp32")
-    parser.add_argument("--device", default="auto",
-                        help="auto (the GPUs when there are any, else the CPU), cpu, cuda (every GPU, "
-                             "one worker each, round-robin) or cuda:N (default: %(default)s)")
+    add_engine_arguments(parser)
     parser.add_argument("--max-extensions", type=int, default=2,
                         help="octaves added per curve whose best LR sits on a grid edge "
                              "(default: %(default)s)")
@@ -203,7 +199,7 @@ def _run_lr_transfer(args: argparse.Namespace) -> int:
     if args.max_extensions < 0:
         raise UserError(f"--max-extensions must be >= 0, got {args.max_extensions}")
     proxy = ProxySettings(steps=pick("steps"), batch_size=pick("batch_size"), seq_len=pick("seq_len"),
-                          precision=args.precision, device=args.device, seed=args.seed)
+                          seed=args.seed, **engine_settings(args))
     settings = TransferSettings(widths=widths, log2_lrs=_lr_list(pick("lrs")), proxy=proxy,
                                 layers=pick("layers"), dim_model_base=args.dim_model_base,
                                 init_std=args.init_std, workers=args.workers,
@@ -266,20 +262,47 @@ def _add_search(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="nano", help="proxy model shape (default: %(default)s)")
     parser.add_argument("--vocab-size", type=int, default=2048,
                         help="tokenizer trained once into the cache (default: %(default)s)")
-    parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
-                        help="auto: bf16 where this device runs bf16 matmuls fast, else fp32")
+    add_engine_arguments(parser)
     parser.add_argument("--good-loss", type=float, default=None,
                         help="loss threshold of the good-region plot (default: the best quarter)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2,
                         help="worker processes on this machine (default: %(default)s)")
-    parser.add_argument("--device", default="auto",
-                        help="auto (the GPUs when there are any, else the CPU), cpu, cuda (every GPU, "
-                             "one worker each, round-robin) or cuda:N (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=Path("runs/search"),
                         help="output folder (default: %(default)s)")
     parser.add_argument("--cache", type=Path, default=None,
                         help="tokenizer and shard cache (default: OUT/cache)")
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    """How each proxy run trains: the same choices a pretraining run config makes."""
+    parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                        help="auto: bf16 where this device runs bf16 matmuls fast, else fp32")
+    parser.add_argument("--device", default="auto",
+                        help="auto (the GPUs when there are any, else the CPU), cpu, cuda (every GPU, "
+                             "one worker each, round-robin) or cuda:N (default: %(default)s)")
+    parser.add_argument("--micro-batch-size", type=_micro_batch, default="auto",
+                        help="sequences per forward/backward; the batch is reached by gradient "
+                             "accumulation (default: %(default)s, the whole batch where it fits)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile each proxy")
+
+
+def engine_settings(args: argparse.Namespace) -> dict:
+    """The ProxySettings fields `add_engine_arguments` sets."""
+    return dict(precision=args.precision, device=args.device, micro_batch_size=args.micro_batch_size,
+                compile=args.compile)
+
+
+def _micro_batch(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer or auto, got {text!r}")
+    return value
 
 
 def _run_search(args: argparse.Namespace) -> int:
@@ -297,8 +320,7 @@ def _run_search(args: argparse.Namespace) -> int:
     if not 0 < eval_every <= args.steps:
         raise UserError(f"--eval-every must be between 1 and --steps ({args.steps}), got {eval_every}")
     proxy = ProxySettings(steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len,
-                          precision=args.precision, device=args.device, eval_every=eval_every,
-                          seed=args.seed)
+                          eval_every=eval_every, seed=args.seed, **engine_settings(args))
     settings = SearchSettings(proxy=proxy, preset=args.preset, seed=args.seed)
     devices = worker_devices(args.device, args.workers)  # an absent GPU fails before any work
     args.out.mkdir(parents=True, exist_ok=True)

@@ -89,6 +89,10 @@ class ProxySettings:
             raise UserError("proxy warmup and decay fractions must be >= 0 and add up to at most 1")
         if self.precision not in PRECISIONS:
             raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        micro = self.micro_batch_size
+        if micro != "auto" and (not isinstance(micro, int) or micro < 1 or self.batch_size % micro):
+            raise UserError(f"micro-batch size {micro} must be auto or a divisor of the batch size "
+                            f"{self.batch_size}")
         if self.eval_every < 0:
             raise UserError(f"eval_every must be >= 0, got {self.eval_every}")
         if not self.mixture or any(share <= 0 for _, share in self.mixture):
