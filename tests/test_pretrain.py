@@ -287,3 +287,30 @@ def test_prompt_masking_trains_on_assistant_tokens_only(config_path, tmp_path):
     out = fresh_out(config_path, tmp_path, "masked")
     assert pretrain(masked, out, "--train.steps=12", "--stages.1.steps=4") == 0
     assert latest_checkpoint(out).name == "step-00000012"
+
+
+def test_in_loop_task_scores_are_logged_and_plotted(config_path, tmp_path, capsys):
+    """`train.eval_tasks` scores tasks on the model in memory at the requested steps (and the
+    end), as `xmodel2 eval` would score them, into metrics.jsonl and the plot's second panel."""
+    from xmodel2.eval.runner import task_accuracies
+    from xmodel2.tokenizer import load_tokenizer
+    from xmodel2.train.metrics import read_metrics
+
+    out = fresh_out(config_path, tmp_path, "scored")
+    assert main(["pretrain", str(config_path), "--out", str(out), "--no-progress", "--train.steps=6",
+                 "--stages.1.steps=2", "--train.eval_tasks=[arc_easy,hellaswag]", "--train.eval_every=4",
+                 "--train.eval_limit=12", "--checkpoint.every=4"]) == 0
+    scored = {r["step"]: {k: v for k, v in r.items() if k.startswith("eval/")}
+              for r in read_metrics(out / "metrics.jsonl") if any(k.startswith("eval/") for k in r)}
+    assert sorted(scored) == [4, 6]
+    assert all(set(row) == {"eval/arc_easy", "eval/hellaswag"} and all(0 <= v <= 1 for v in row.values())
+               for row in scored.values())
+    final = load_model_for(out)
+    load_checkpoint(latest_checkpoint(out), final, None)
+    assert task_accuracies(final, load_tokenizer(out / "tokenizer"), ["arc_easy", "hellaswag"], 12) == {
+        task.removeprefix("eval/"): value for task, value in scored[6].items()}
+    assert (out / "loss.png").stat().st_size > 10_000
+    capsys.readouterr()
+    assert main(["pretrain", str(config_path), "--out", str(tmp_path / "bad"),
+                 "--train.eval_tasks=[arc_easyy]"]) == 2  # refused before any work
+    assert "arc_easyy" in capsys.readouterr().err and not (tmp_path / "bad").exists()

@@ -30,9 +30,12 @@ def check_spec(spec: str) -> None:
         if not Path(spec).is_file():
             raise UserError(f"{spec}: task file not found")
         return
-    variant = spec.partition(":")[2]
+    name, _, variant = spec.partition(":")
     if variant not in ("", "sample", "test"):
         raise UserError(f"task {spec!r}: unknown variant {variant!r} (use NAME, NAME:test or NAME:sample)")
+    if name not in olmo_tasks.known_tasks() and not sample_path(name).is_file():
+        raise UserError(f"unknown task {name!r} (tasks: {', '.join(olmo_tasks.known_tasks())}, or a "
+                        "task .jsonl file)")
 
 
 def load_task(spec: str, shots: int | None = None) -> Task:
