@@ -52,7 +52,7 @@ def test_greedy_rows_that_end_early_and_refills_match_one_at_a_time(model):
     expected = alone(model, prompts, 24, stop_ids=stops)
     lengths = {len(row) for row in expected}
     assert len(lengths) >= 4 and max(lengths) == 24, lengths
-    for batch_size in (1, 3, 4, 16):
+    for batch_size in (1, 4):
         assert generate_many(model, prompts, 24, batch_size=batch_size, stop_ids=stops) == expected
 
 
@@ -94,12 +94,16 @@ def test_sampling_is_seeded_and_edge_cases(model):
 
 def test_smollm2_gsm8k_batched_greedy_matches_one_at_a_time(smollm2):  # noqa: F811
     model, tokenizer = smollm2
-    task = dataclasses.replace(load_task("gsm8k:sample", shots=1).limited(4), max_new_tokens=32)
-    batched = generate_answers(model, tokenizer, task, batch_size=3)
+    task = load_task("gsm8k:sample").limited(3)
+    # The last question of each prompt, without the few-shot examples: a 1,000-token prefill per
+    # row would make this test take minutes and check nothing more.
+    docs = [dataclasses.replace(d, prompt=d.prompt[d.prompt.rfind("Question:"):]) for d in task.docs]
+    task = dataclasses.replace(task, docs=docs, max_new_tokens=24)
+    batched = generate_answers(model, tokenizer, task, batch_size=2)  # the third joins later
     add_bos = default_add_bos(tokenizer)
     for result, doc in zip(batched, task.docs):
         ids = tokenizer.encode(doc.prompt, add_bos=add_bos)
         one = generate_ids(model, [ids], task.max_new_tokens, stop_ids=stop_ids_for(model, tokenizer),
                            should_stop=stop_string_check(tokenizer, task.stop))[0]
         assert result.text == cut_at_stop(continuation_text(tokenizer, ids, one), task.stop)
-    assert any(r.text.strip() for r in batched)
+    assert sum(bool(r.text.strip()) for r in batched) >= 2
