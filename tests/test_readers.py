@@ -198,3 +198,17 @@ def test_text_field_chooses_the_column(tmp_path, tokenizer, capsys):
                  "content"]) == 0
     assert "5 documents" in capsys.readouterr().out
     assert json.loads((out / "meta.json").read_text())["jsonl_field"] == "content"
+
+
+@pytest.mark.parametrize("name, writer", [("docs.parquet", write_parquet), ("docs.jsonl.zst", write_zst)])
+def test_a_tokenizer_trains_on_any_format_as_on_jsonl(tmp_path, name, writer):
+    """`xmodel2 tokenizer train` reads its inputs with the data readers: a Parquet or zstd file
+    gives the same tokenizer, byte for byte, as the same documents in plain JSONL."""
+    docs = bundled_docs("math", 200)
+    models = []
+    for path in (write_plain(tmp_path / "docs.jsonl", docs), writer(tmp_path / name, docs)):
+        out = tmp_path / f"tok-{path.name}"
+        assert main(["tokenizer", "train", "--input", str(path), "--out", str(out), "--vocab-size",
+                     str(RESERVED_PIECES + MIN_LEARNED_PIECES + 100)]) == 0
+        models.append((out / "tokenizer.model").read_bytes())
+    assert models[0] == models[1]

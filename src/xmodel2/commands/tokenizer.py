@@ -80,12 +80,14 @@ def _train(args: argparse.Namespace) -> int:
 
     from xmodel2.folders import check_outputs_apart
     from xmodel2.tokenizer import load_tokenizer
+    from xmodel2.data.readers import read_documents
     from xmodel2.tokenizer.train import train_tokenizer
 
     check_outputs_apart([args.out], args.input)
     start = time.perf_counter()
     out = train_tokenizer(args.input, args.out, args.vocab_size, jsonl_field=args.jsonl_field,
-                          max_sentences=args.max_sentences or None, seed=args.seed)
+                          max_sentences=args.max_sentences or None, seed=args.seed,
+                          read_documents=read_documents)
     seconds = time.perf_counter() - start
     tokenizer = load_tokenizer(out)
     print(f"wrote {out}: {tokenizer.vocab_size:,} pieces in {seconds:.1f} s "

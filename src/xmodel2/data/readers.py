@@ -309,3 +309,10 @@ class DocumentReader:
                         yield text
         except (OSError, pa.ArrowException) as exc:  # a damaged page, or bytes that are not UTF-8
             raise UserError(f"{self.path}: cannot read after row {row} ({exc})") from None
+
+
+def read_documents(inputs: Iterable[str | Path], field: str = "text") -> Iterator[str]:
+    """Every document of every input (files, folders, globs; any format above), in order; a bad
+    record is an error here (`--strict`), as a tokenizer must not learn from a file misread."""
+    for path in input_files([str(item) for item in inputs]):
+        yield from DocumentReader(path, field, strict=True)

@@ -1,4 +1,6 @@
-"""Training sentences from text files, JSONL files and folders of them (each optionally gzipped)."""
+"""Training sentences from documents: by default those of text files, JSONL files and folders of
+them (each optionally gzipped); `xmodel2.data.readers.read_documents` adds Parquet, zstd and
+Hugging Face dataset folders, and the commands and the engine pass it in."""
 
 from __future__ import annotations
 
@@ -67,15 +69,25 @@ def documents(path: Path, jsonl_field: str = "text") -> Iterator[str]:
 
 
 def sentences(files: Iterable[Path], jsonl_field: str = "text") -> Iterator[str]:
+    """Non-blank lines of the files' documents, cut to SentencePiece's length limit."""
+    return document_sentences(doc for path in files for doc in documents(path, jsonl_field))
+
+
+def plain_documents(inputs: Iterable[str | Path], jsonl_field: str = "text") -> Iterator[str]:
+    """The documents of text and JSONL files (and folders of them), each optionally gzipped."""
+    for path in input_files(inputs):
+        yield from documents(path, jsonl_field)
+
+
+def document_sentences(docs: Iterable[str]) -> Iterator[str]:
     """Non-blank lines, cut to SentencePiece's length limit; indentation is kept (it is tokenized)."""
-    for path in files:
-        for doc in documents(path, jsonl_field):
-            for line in doc.split("\n"):
-                line = line.rstrip("\r")
-                if not line.strip():
-                    continue
-                for start in range(0, len(line), _CHUNK_CHARS):
-                    yield line[start:start + _CHUNK_CHARS]
+    for doc in docs:
+        for line in doc.split("\n"):
+            line = line.rstrip("\r")
+            if not line.strip():
+                continue
+            for start in range(0, len(line), _CHUNK_CHARS):
+                yield line[start:start + _CHUNK_CHARS]
 
 
 def sample(stream: Iterable[str], limit: int | None, seed: int) -> list[str]:

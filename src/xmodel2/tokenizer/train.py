@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
+from typing import Callable, Iterable, Iterator
 
 from xmodel2.errors import UserError
 from xmodel2.fileio import atomic_directory, atomic_write_bytes, atomic_write_json
 from xmodel2.tokenizer.chat import CHAT_TEMPLATE
-from xmodel2.tokenizer.corpus import MAX_SENTENCE_BYTES, input_files, sample, sentences
+from xmodel2.tokenizer.corpus import MAX_SENTENCE_BYTES, document_sentences, plain_documents, sample
 from xmodel2.tokenizer.symbols import BOS, EOS, IM_END, IM_START, RESERVED_PIECES, UNK, USER_SYMBOLS
+
+# (inputs, JSON field or column) -> the inputs' documents
+DocumentSource = Callable[[Iterable[str | Path], str], Iterator[str]]
 
 MODEL_NAME = "tokenizer.model"
 CONFIG_NAME = "tokenizer_config.json"
@@ -58,8 +62,11 @@ def tokenizer_config() -> dict:
 
 def train_tokenizer(inputs: list[str | Path], out_dir: str | Path, vocab_size: int,
                     jsonl_field: str = "text", max_sentences: int | None = 2_000_000,
-                    seed: int = 0) -> Path:
+                    seed: int = 0, read_documents: DocumentSource = plain_documents) -> Path:
     """Train on `inputs` and write tokenizer.model + tokenizer_config.json into `out_dir`.
+
+    `read_documents(inputs, jsonl_field)` yields the inputs' documents (by default text and JSONL
+    files; the data layer's reader adds Parquet, zstd and dataset folders).
 
     `max_sentences` caps memory and time with a uniform seeded sample of the input lines.
     The same inputs and seed give the same model bytes on any machine (with the same sentencepiece version).
@@ -75,7 +82,7 @@ def train_tokenizer(inputs: list[str | Path], out_dir: str | Path, vocab_size: i
         raise UserError(f"max sentences must be positive, got {max_sentences}")
     if not inputs:
         raise UserError("no training input given")
-    corpus = sample(sentences(input_files(inputs), jsonl_field), max_sentences, seed)
+    corpus = sample(document_sentences(read_documents(inputs, jsonl_field)), max_sentences, seed)
     if not corpus:
         raise UserError(f"no text found in {', '.join(str(p) for p in inputs)}")
 

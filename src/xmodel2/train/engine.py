@@ -22,6 +22,7 @@ import torch
 
 from xmodel2.data.mixture import MixtureDataset, SourceSpec, held_out_blocks
 from xmodel2.data.plan import DataPlan
+from xmodel2.data.readers import read_documents
 from xmodel2.data.sft_mask import shard_assistant_mask
 from xmodel2.errors import UserError
 from xmodel2.fileio import atomic_write_json, read_json
@@ -81,8 +82,16 @@ def prepare_tokenizer(run: RunConfig, out_dir: Path) -> Path:
 
     say(f"training a {run.tokenizer.vocab_size}-piece Unigram tokenizer on the training sources")
     train_tokenizer(training_inputs(run), tokenizer_dir, vocab_size=run.tokenizer.vocab_size,
-                    max_sentences=run.tokenizer.max_sentences, seed=run.train.seed)
+                    max_sentences=run.tokenizer.max_sentences, seed=run.train.seed,
+                    read_documents=lambda _inputs, _field: _training_documents(run))
     return tokenizer_dir
+
+
+def _training_documents(run: RunConfig):
+    """The training sources' documents, each source read in its own format and field."""
+    for source in run.data.sources.values():
+        if not source.held_out:
+            yield from read_documents([run.resolve_path(p) for p in source.inputs], source.jsonl_field)
 
 
 def prepare_sources(run: RunConfig, out_dir: Path, tokenizer_path: Path) -> dict[str, Path]:
