@@ -40,13 +40,7 @@ def load(args: argparse.Namespace):
     """The model and tokenizer of `args.model`, after checking the sampling arguments."""
     import math
 
-    import torch
-
     from xmodel2.errors import UserError
-    from xmodel2.model.folder import load_model_folder
-    from xmodel2.model.quantize import convert_weights
-    from xmodel2.tokenizer import load_tokenizer
-    from xmodel2.train.hardware import pick_device
 
     if args.max_new_tokens < 0:
         raise UserError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
@@ -58,17 +52,31 @@ def load(args: argparse.Namespace):
         raise UserError(f"--top-p must be in (0, 1], got {args.top_p}")
     if args.seed < 0:
         raise UserError(f"--seed must be >= 0, got {args.seed}")
-    device = pick_device(args.device, what="--device")
-    model = load_model_folder(args.model, device=device,
-                              dtype=torch.bfloat16 if args.dtype == "bf16" else torch.float32)
+    model, tokenizer = load_for_inference(args.model, args.device, args.dtype)
     context = model.config.max_position_embeddings
     if args.max_new_tokens >= context:
         raise UserError(f"--max-new-tokens {args.max_new_tokens}: the model's context is {context} "
                         "tokens (max_position_embeddings), prompt included")
-    model = convert_weights(model, args.dtype)
-    tokenizer = load_tokenizer(args.model)
+    return model, tokenizer
+
+
+def load_for_inference(model_dir: str, device_name: str, dtype: str):
+    """(model in eval mode with weights in `dtype`, tokenizer) of a model folder, on --device."""
+    import torch
+
+    from xmodel2.errors import UserError
+    from xmodel2.model.folder import load_model_folder
+    from xmodel2.model.quantize import convert_weights
+    from xmodel2.tokenizer import load_tokenizer
+    from xmodel2.train.hardware import pick_device
+
+    device = pick_device(device_name, what="--device")
+    model = load_model_folder(model_dir, device=device,
+                              dtype=torch.bfloat16 if dtype == "bf16" else torch.float32)
+    model = convert_weights(model.eval(), dtype)
+    tokenizer = load_tokenizer(model_dir)
     if tokenizer.vocab_size > model.config.vocab_size:
-        raise UserError(f"{args.model}: tokenizer has {tokenizer.vocab_size} tokens but the model "
+        raise UserError(f"{model_dir}: tokenizer has {tokenizer.vocab_size} tokens but the model "
                         f"only {model.config.vocab_size}")
     return model, tokenizer
 

@@ -29,13 +29,8 @@ def run(args: argparse.Namespace) -> int:
     import socket
     from pathlib import Path
 
-    import torch
-
+    from xmodel2.commands.generate import load_for_inference
     from xmodel2.errors import UserError
-    from xmodel2.model.folder import load_model_folder
-    from xmodel2.model.quantize import convert_weights
-    from xmodel2.tokenizer import load_tokenizer
-    from xmodel2.train.hardware import pick_device
 
     try:
         import fastapi  # noqa: F401
@@ -49,11 +44,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--port must be 0-65535, got {args.port}")
     if args.max_batch < 1:
         raise UserError(f"--max-batch must be at least 1, got {args.max_batch}")
-    device = pick_device(args.device, what="--device")
-    model = load_model_folder(args.model, device=device,
-                              dtype=torch.bfloat16 if args.dtype == "bf16" else torch.float32)
-    model = convert_weights(model.eval(), args.dtype)
-    tokenizer = load_tokenizer(args.model)
+    model, tokenizer = load_for_inference(args.model, args.device, args.dtype)
     name = args.model_name or Path(args.model).resolve().name
     # Bind here, so that a taken port is one line and --port 0 can say which port it got.
     try:
