@@ -123,17 +123,3 @@ class SaveCheckpoints(Callback):
                                      "world_size": trainer.data.world_size})
         save = save_sharded_checkpoint if is_distributed() else save_checkpoint
         return save(self.out_dir, trainer.model, trainer.optimizer, state, self.tokenizer_dir, keep=self.keep)
-
-
-class RecordLosses(Callback):
-    """Keeps every step's training loss and every validation loss in memory (a proxy's result)."""
-
-    def __init__(self) -> None:
-        self.train: list[float] = []
-        self.validation: list[tuple[int, float]] = []
-
-    def on_step_end(self, trainer: Trainer, result: StepResult) -> None:
-        self.train.append(result.loss)
-        if "val_loss" in result.record:
-            self.validation.append((result.step, result.record["val_loss"]))
-
