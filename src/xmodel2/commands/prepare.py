@@ -22,10 +22,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=2, help="tokenizer processes (default: 2)")
     parser.add_argument("--executor", default="pool",
                         help="pool: chunks encoded by a process pool of this machine (default); local: "
-                             "input files encoded as datatrove tasks in --workers local processes. "
-                             "Both write the same shard bytes")
+                             "input files encoded as datatrove tasks in --workers local processes; ray: "
+                             "datatrove tasks on a Ray cluster (--ray-address) or on one started here; "
+                             "slurm: datatrove tasks as a Slurm job array, submitted with sbatch together "
+                             "with a dependent job that joins the finished parts into the shard (running "
+                             "`xmodel2 prepare` again with the same arguments also joins them). All write "
+                             "the same shard bytes")
     parser.add_argument("--tasks", type=int, default=None,
-                        help="datatrove tasks (--executor local; default: one per input file)")
+                        help="datatrove tasks (local, ray, slurm; default: one per input file)")
+    cluster = parser.add_argument_group("--executor slurm / ray")
+    cluster.add_argument("--partition", help="Slurm partition to run the tasks in")
+    cluster.add_argument("--time", default="24:00:00", help="Slurm time limit of each task (default: 24:00:00)")
+    cluster.add_argument("--cpus-per-task", type=int, default=1, help="Slurm CPUs per task (default: 1)")
+    cluster.add_argument("--mem-per-cpu-gb", type=float, default=None,
+                         help="memory per CPU in GB that a task reserves (default: 2 on Slurm, 1 on Ray)")
+    cluster.add_argument("--slurm-dry-run", action="store_true",
+                         help="write the Slurm job scripts into the staging folder without submitting them")
+    cluster.add_argument("--ray-address", default=None,
+                         help="address of a running Ray cluster (default: start a local one for this run)")
     parser.add_argument("--strict", action="store_true",
                         help="stop at the first malformed line or row, invalid UTF-8 or empty document "
                              "instead of skipping and counting it")
@@ -35,7 +49,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="verify existing shard folders instead: sizes, checksum and token ids")
 
 
+def _join_command(args: argparse.Namespace) -> list[str]:
+    """This same prepare for the job that joins the parts a Slurm array wrote: it finds every part
+    finished and only joins them (with the local executor, so that it never submits again)."""
+    import sys
+
+    command = [sys.executable, "-m", "xmodel2", "prepare", *[str(Path(p).absolute()) for p in args.inputs],
+               "--tokenizer", str(Path(args.tokenizer or "").absolute()), "--out", str(Path(args.out or "").absolute()),
+               "--text-field", args.text_field, "--executor", "local", "--workers", "1"]
+    return command + (["--strict"] if args.strict else [])
+
+
 def run(args: argparse.Namespace) -> int:
+    from xmodel2.data.executors import SlurmOptions
     from xmodel2.data.prepare import DEFAULT_CHUNK_CHARS, prepare
     from xmodel2.data.readers import input_files, input_kind
     from xmodel2.data.shards import ShardReader
@@ -55,7 +81,19 @@ def run(args: argparse.Namespace) -> int:
     result = prepare(args.inputs, args.tokenizer, args.out, jsonl_field=args.text_field,
                      workers=args.workers, strict=args.strict,
                      chunk_chars=args.chunk_chars or DEFAULT_CHUNK_CHARS, executor=args.executor,
-                     tasks=args.tasks)
+                     tasks=args.tasks, ray_address=args.ray_address, ray_mem_per_cpu_gb=args.mem_per_cpu_gb or 1,
+                     slurm=SlurmOptions(args.partition, args.time, args.cpus_per_task, args.mem_per_cpu_gb or 2,
+                                        args.slurm_dry_run),
+                     join_command=_join_command(args))
+    if result.submission is not None:
+        job = result.submission
+        if job.encode_job is None:
+            print(f"wrote {job.encode_script} and {job.join_script}; nothing submitted. Submit with: "
+                  f"sbatch {job.encode_script}, then sbatch --dependency=afterok:JOBID {job.join_script}")
+        else:
+            print(f"submitted Slurm job {job.encode_job} (encoding) and job {job.join_job}, which writes "
+                  f"{result.out} once every task has succeeded")
+        return 0
     meta = result.meta
     if result.up_to_date:
         print(f"{result.out}: up to date ({meta['tokens']:,} tokens, {meta['documents']:,} documents)")

@@ -27,6 +27,7 @@ from typing import Iterator
 
 import numpy as np
 
+from xmodel2.data.executors import SlurmOptions, SlurmSubmission, check_sbatch, run_ray, run_slurm
 from xmodel2.data.pipeline import PART_MAGIC as _PART_MAGIC
 from xmodel2.data.pipeline import EncodeFiles, HashingReader, part_digest, run_local
 from xmodel2.data.pipeline import part_path as _part_path
@@ -37,7 +38,7 @@ from xmodel2.errors import UserError
 from xmodel2.fileio import atomic_directory, atomic_write_bytes, atomic_write_json, read_json
 
 DEFAULT_CHUNK_CHARS = 1 << 20
-EXECUTORS = ("pool", "local")
+EXECUTORS = ("pool", "local", "slurm", "ray")
 _HEADER = len(_PART_MAGIC) + 32 + 16  # magic, chunk hash, document and token counts
 
 
@@ -57,6 +58,7 @@ class PrepareResult:
     encoded_chunks: int = 0
     reused_chunks: int = 0
     files: list[FileCounts] = field(default_factory=list)
+    submission: SlurmSubmission | None = None  # --executor slurm: the shard is joined by a later job
 
 
 def staging_dir(out: Path) -> Path:
@@ -162,11 +164,14 @@ class _Encoder:
 
 def prepare(inputs: list[str], tokenizer_path: str, out: str | Path, jsonl_field: str = "text",
             workers: int = 2, strict: bool = False, chunk_chars: int = DEFAULT_CHUNK_CHARS,
-            progress: bool = True, executor: str = "pool", tasks: int | None = None) -> PrepareResult:
+            progress: bool = True, executor: str = "pool", tasks: int | None = None,
+            slurm: SlurmOptions | None = None, join_command: list[str] | None = None,
+            ray_address: str | None = None, ray_mem_per_cpu_gb: float = 1) -> PrepareResult:
     """Encode `inputs` into the shard folder `out`. executor `pool`: chunks of about `chunk_chars`
-    encoded by `workers` processes of this machine; `local`: input files encoded by `tasks`
-    datatrove tasks (one per input file by default) in `workers` processes. Both give the same
-    shard bytes."""
+    encoded by `workers` processes of this machine; `local`, `ray`, `slurm`: input files encoded by
+    `tasks` datatrove tasks (one per input file by default), at most `workers` at once (local, Ray).
+    All give the same shard bytes. `slurm` submits the tasks and a job running `join_command`,
+    which joins the parts once they are all finished, and returns at once (`submission`)."""
     from xmodel2.tokenizer import load_tokenizer
 
     out = Path(out)
@@ -178,6 +183,10 @@ def prepare(inputs: list[str], tokenizer_path: str, out: str | Path, jsonl_field
         raise UserError(f"--executor: unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
     if tasks is not None and tasks < 1:
         raise UserError(f"--tasks must be at least 1, got {tasks}")
+    if executor == "slurm":
+        if slurm is None or join_command is None:
+            raise ValueError("executor 'slurm' needs slurm options and a join command")
+        check_sbatch(slurm)
     tokenizer = load_tokenizer(tokenizer_path)
     if tokenizer.eos_id is None:
         raise UserError(f"{tokenizer_path}: tokenizer has no EOS token to end documents with")
@@ -197,8 +206,9 @@ def prepare(inputs: list[str], tokenizer_path: str, out: str | Path, jsonl_field
             return PrepareResult(out, old, up_to_date=True)
 
     if executor != "pool":
+        run = _executor_runner(executor, workers, slurm, join_command, ray_address, ray_mem_per_cpu_gb)
         return _prepare_with_datatrove(files, readers(), tokenizer, str(tokenizer_path), out, salt, dtype_name,
-                                       workers, tasks or len(files), chunk_chars, jsonl_field)
+                                       run, tasks or len(files), chunk_chars, jsonl_field)
     staging = staging_dir(out)
     staging.mkdir(parents=True, exist_ok=True)
     try:
@@ -294,8 +304,19 @@ def _concatenate(plan: list[Chunk], staging: Path, out: Path, dtype: np.dtype, c
     return meta
 
 
+def _executor_runner(executor: str, workers: int, slurm: SlurmOptions | None, join_command: list[str] | None,
+                     ray_address: str | None, ray_mem_per_cpu_gb: float):
+    """A function (step, tasks, logging folder) that runs the step's tasks on `executor`; it returns
+    a SlurmSubmission where the tasks were only submitted, else None."""
+    if executor == "local":
+        return lambda step, tasks, logs: run_local(step, tasks, workers, logs)
+    if executor == "ray":
+        return lambda step, tasks, logs: run_ray(step, tasks, workers, ray_address, ray_mem_per_cpu_gb, logs)
+    return lambda step, tasks, logs: run_slurm(step, tasks, slurm, logs, join_command)
+
+
 def _prepare_with_datatrove(files: list[Path], readers: list[DocumentReader], tokenizer, tokenizer_path: str,
-                            out: Path, salt: bytes, dtype_name: str, workers: int, tasks: int,
+                            out: Path, salt: bytes, dtype_name: str, run, tasks: int,
                             chunk_chars: int, jsonl_field: str) -> PrepareResult:
     """One reading pass here counts (or, strict, refuses) bad records and hashes the request as
     the pool does, so that meta.json is the same; then datatrove tasks encode one part per input
@@ -314,9 +335,14 @@ def _prepare_with_datatrove(files: list[Path], readers: list[DocumentReader], to
                         f"({skipped} lines or files skipped as malformed, invalid UTF-8 or empty)")
     staging = staging_dir(out)
     staging.mkdir(parents=True, exist_ok=True)
-    reused = sum(1 for i, c in enumerate(counts) if c.documents and part_digest(_part_path(staging, i)) == digests[i])
-    step = EncodeFiles([str(f) for f in files], digests, tokenizer_path, jsonl_field, str(staging), dtype_name, salt)
-    run_local(step, min(tasks, len(files)), workers, staging / "logs")
+    wanted = [i for i, c in enumerate(counts) if c.documents]
+    reused = sum(1 for i in wanted if part_digest(_part_path(staging, i)) == digests[i])
+    if reused < len(wanted):  # all parts finished (say, by a Slurm job): only join them
+        step = EncodeFiles([str(f) for f in files], digests, tokenizer_path, jsonl_field, str(staging), dtype_name,
+                           salt)
+        submission = run(step, min(tasks, len(files)), staging / "logs")
+        if submission is not None:
+            return PrepareResult(out, {}, files=counts, submission=submission)
     plan = []
     for index, file_counts in enumerate(counts):
         if file_counts.documents:
