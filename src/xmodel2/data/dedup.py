@@ -198,8 +198,11 @@ class _AtomicFile:
 
 
 def deduplicate(inputs: list[str], output: str | Path, threshold: int = 3, field_name: str = "text",
-                shingle: int = 3) -> DedupResult:
-    """Write the inputs without exact and near duplicates to `output`, and the removals beside it."""
+                shingle: int = 3, buckets: int | None = None, tasks: int = 1, workers: int = 1) -> DedupResult:
+    """Write the inputs without exact and near duplicates to `output`, and the removals beside it.
+    With `buckets`, as datatrove stages (dedup_pipeline.py) in `tasks` tasks on `workers` local
+    processes, holding one bucket of signatures at a time instead of the whole index; the same
+    documents are kept and the same removals reported."""
     paths = input_files(inputs)
     if not paths:
         raise UserError("no input files")
@@ -216,6 +219,14 @@ def deduplicate(inputs: list[str], output: str | Path, threshold: int = 3, field
             raise UserError(f"{path}: is a folder; dedup writes a file there")
     if shingle < 1:
         raise UserError(f"shingle size must be positive, got {shingle}")
+    if buckets is not None:
+        from xmodel2.data.dedup_pipeline import deduplicate_in_stages
+
+        if buckets < 1 or tasks < 1 or workers < 1:
+            raise UserError(f"--buckets, --tasks and --workers must be at least 1, got {buckets}, {tasks}, {workers}")
+        band_masks(threshold)  # the threshold's error, before any task runs
+        return deduplicate_in_stages(paths, output, report_path(output), threshold, field_name, shingle, buckets,
+                                     tasks, workers)
     result = DedupResult(output=output, report=report_path(output))
     index = SimHashIndex(threshold)
     files: dict[str, int] = {}
