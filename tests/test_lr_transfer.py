@@ -9,9 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from xmodel2.cli import main
+from xmodel2.windtunnel.intervals import drift_interval, drift_per_doubling, t_interval
 from xmodel2.windtunnel.lr_transfer import verdict
 from xmodel2.windtunnel.optimum import Optimum, find_optimum, parabola_vertex
 from xmodel2.windtunnel.proxy import ProxySettings, prepare_proxy_data, proxy_model, train_proxy
@@ -58,25 +60,89 @@ def test_asymmetric_curve_vertex_stays_between_the_neighbours() -> None:
     assert parabola_vertex((0, 1), (1, 1), (2, 1))[0] is None  # flat: no vertex
 
 
-# ---- the verdict ----------------------------------------------------------------------------------
+# ---- the verdict and its intervals -----------------------------------------------------------------
 
 def optima(**arms: list[float | None]) -> dict:
+    """One seed's optima per arm, at widths 64, 128, 256."""
     widths = (64, 128, 256)
-    return {arm: {w: None if x is None else Optimum(x, 1.0) for w, x in zip(widths, xs)}
+    return {arm: {w: [None if x is None else Optimum(x, 1.0)] for w, x in zip(widths, xs)}
             for arm, xs in arms.items()}
 
 
-def test_verdict_rules() -> None:
-    status, _, spreads, drifts = verdict(optima(mup=[-7, -7.4, -6.8], sp=[-6, -7, -8.2]), 1.0)
-    assert status == "pass"
-    assert spreads["mup"] == pytest.approx(0.6) and drifts["sp"] == pytest.approx(-2.2)
-    assert verdict(optima(mup=[-7, -8, -8.5], sp=[-6, -7, -8.2]), 1.0)[0] == "fail"
-    status, reason, _, _ = verdict(optima(mup=[-7, -7, -7], sp=[-7, -7.5, -7.9]), 1.0)
-    assert status == "inconclusive" and "cannot tell" in reason
-    assert verdict(optima(mup=[-7, None, -7], sp=[-6, -7, -8.2]), 1.0)[0] == "inconclusive"
+def test_one_seed_verdict_rules_on_point_drifts() -> None:
+    outcome = verdict(optima(mup=[-7, -7.2, -6.9], sp=[-6, -7, -8.2]), 0.25)
+    assert outcome.status == "pass" and "one seed" in outcome.reason
+    assert outcome.drifts["sp"].mean == pytest.approx(-1.1)
+    assert verdict(optima(mup=[-7, -8, -8.5], sp=[-6, -7, -8.2]), 0.25).status == "fail"
+    outcome = verdict(optima(mup=[-7, -7, -7], sp=[-7, -7.1, -7.2]), 0.25)
+    assert outcome.status == "inconclusive" and "cannot tell" in outcome.reason
+    assert verdict(optima(mup=[-7, None, -7], sp=[-6, -7, -8.2]), 0.25).status == "inconclusive"
     edge = optima(mup=[-7, -7, -7], sp=[-6, -7, -8.2])
-    edge["mup"][64] = Optimum(-5, 1.0, edge="high")
-    assert "edge" in verdict(edge, 1.0)[1]
+    edge["mup"][64] = [Optimum(-5, 1.0, edge="high")]
+    assert "edge" in verdict(edge, 0.25).reason
+
+
+def test_t_interval_and_drift_slope() -> None:
+    interval = t_interval([1.0, 2.0, 3.0])
+    # mean 2, sd 1, t(0.975, 2) = 4.303
+    assert interval.mean == pytest.approx(2.0)
+    assert interval.high - interval.mean == pytest.approx(4.3027 / math.sqrt(3), rel=1e-4)
+    assert not math.isfinite(t_interval([5.0]).low)
+    assert drift_per_doubling({64: -6.0, 128: -7.0, 256: -8.0, 512: -9.0}) == pytest.approx(-1.0)
+    assert drift_per_doubling({64: -7.0, 256: -7.0}) == 0.0
+
+
+WIDTHS = (64, 128, 256, 512)
+GRID = [float(x) for x in range(-18, 3)]
+
+
+def synthetic_optima(rng: np.random.Generator, slope: float, seeds: int, noise: float,
+                     loss_noise: float = 0.003) -> dict[int, list[Optimum | None]]:
+    """Per-seed optima found by `find_optimum` on noisy parabolic loss curves whose true optimum
+    is -7 + slope * log2(width / 64), moved by a seed effect and a per-(width, seed) effect."""
+    found: dict[int, list[Optimum | None]] = {w: [] for w in WIDTHS}
+    for _ in range(seeds):
+        seed_shift = rng.normal(0, noise)
+        for w in WIDTHS:
+            centre = -7 + slope * math.log2(w / 64) + seed_shift + rng.normal(0, noise)
+            losses = [0.3 * (x - centre) ** 2 + 3.0 + rng.normal(0, loss_noise) for x in GRID]
+            found[w].append(find_optimum(GRID, losses))
+    return found
+
+
+@pytest.mark.parametrize("slope", [0.0, -0.8])
+def test_drift_interval_has_its_stated_coverage(slope: float) -> None:
+    rng = np.random.default_rng(1234)
+    repeats, covered, estimates = 400, 0, []
+    for _ in range(repeats):
+        found = synthetic_optima(rng, slope, seeds=3, noise=0.2)
+        interval, _ = drift_interval([{w: found[w][s].log2_lr for w in WIDTHS} for s in range(3)])
+        covered += interval.contains(slope)
+        estimates.append(interval.mean)
+    assert 0.92 <= covered / repeats <= 0.98  # 95% nominal; 400 repeats give ±0.022 at 2 sigma
+    assert abs(np.mean(estimates) - slope) < 0.03  # unbiased: the known drift is recovered
+
+
+def test_width_intervals_recover_the_known_optimum() -> None:
+    rng = np.random.default_rng(7)
+    covered = 0
+    for _ in range(200):
+        found = synthetic_optima(rng, 0.0, seeds=4, noise=0.2)
+        covered += t_interval([o.log2_lr for o in found[256]]).contains(-7.0)
+    assert 0.9 <= covered / 200 <= 0.99
+
+
+def test_verdict_passes_on_clean_data_and_turns_inconclusive_when_noisy() -> None:
+    rng = np.random.default_rng(3)
+    clean = verdict({"mup": synthetic_optima(rng, 0.0, 5, 0.05), "sp": synthetic_optima(rng, -1.0, 5, 0.05)}, 0.25)
+    assert clean.status == "pass", clean.reason
+    assert clean.drifts["mup"].within(-0.25, 0.25) and not clean.drifts["sp"].contains(0.0)
+    noisy = verdict({"mup": synthetic_optima(rng, 0.0, 5, 1.0), "sp": synthetic_optima(rng, -1.0, 5, 1.0)}, 0.25)
+    assert noisy.status == "inconclusive", noisy.reason
+    assert "not inside" in noisy.reason or "contains 0" in noisy.reason
+    drifting = verdict({"mup": synthetic_optima(rng, -1.0, 5, 0.05), "sp": synthetic_optima(rng, -1.0, 5, 0.05)},
+                       0.25)
+    assert drifting.status == "fail"
 
 
 # ---- real proxy runs ------------------------------------------------------------------------------
@@ -101,32 +167,41 @@ def test_proxy_is_deterministic_learns_and_survives_divergence(cache: Path) -> N
     assert stopped.stopped_early and stopped.steps_done == 4
 
 
-def test_cli_tiny_sweep_writes_json_table_and_plot(cache: Path, tmp_path: Path) -> None:
-    code = main(["windtunnel", "lr-transfer", "--widths", "32,64", "--lrs", "2^-8,2^-6,2^-4",
+def test_cli_tiny_sweep_with_seeds_writes_intervals_table_and_plot(cache: Path, tmp_path: Path) -> None:
+    code = main(["windtunnel", "lr-transfer", "--widths", "32,64", "--lrs", "2^-8,2^-6,2^-4", "--seeds", "2",
                  "--max-extensions", "0", "--out", str(tmp_path), "--cache", str(cache), *TINY])
     result = json.loads((tmp_path / "lr_transfer.json").read_text())
     assert code == (0 if result["verdict"] == "pass" else 1)
-    assert len(result["runs"]) == 2 * 2 * 3
+    assert len(result["runs"]) == 2 * 2 * 2 * 3 and result["seeds"] == [0, 1]
     assert {r["arm"] for r in result["runs"]} == {"mup", "sp"}
+    # the two seeds are different replications, not copies
+    by_seed = {s: [r["val_loss"] for r in result["runs"] if r["seed"] == s] for s in (0, 1)}
+    assert by_seed[0] != by_seed[1]
     for arm in ("mup", "sp"):
         assert set(result["optima"][arm]) == {"32", "64"}
-        found = [o["log2_lr"] for o in result["optima"][arm].values() if o is not None]
-        if len(found) == 2:
-            assert result["spread_octaves"][arm] == pytest.approx(max(found) - min(found))
+        for optimum in result["optima"][arm].values():
+            xs = [o["log2_lr"] for o in optimum["per_seed"]]
+            assert len(xs) == 2 and optimum["interval"]["mean"] == pytest.approx(sum(xs) / 2)
+            assert optimum["interval"]["low"] <= min(xs) and optimum["interval"]["high"] >= max(xs)
+        drift = result["drift"][arm]
+        if drift is not None:  # no drift when a curve's best point is on an edge
+            assert drift["low"] <= drift["mean"] <= drift["high"] and len(drift["per_seed"]) == 2
     assert (tmp_path / "lr_transfer.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "verdict:" in (tmp_path / "lr_transfer.txt").read_text()
+    table = (tmp_path / "lr_transfer.txt").read_text()
+    assert "verdict:" in table and "t-intervals over the seeds" in table
 
 
 def test_best_lr_on_the_edge_extends_the_grid(cache: Path, tmp_path: Path) -> None:
     # LRs this small all undertrain, so the largest is best and the grid grows upward
-    main(["windtunnel", "lr-transfer", "--widths", "32", "--lrs", "2^-16,2^-15",
+    main(["windtunnel", "lr-transfer", "--widths", "32,64", "--lrs", "2^-16,2^-15", "--seeds", "1",
           "--max-extensions", "1", "--out", str(tmp_path), "--cache", str(cache), *TINY])
     result = json.loads((tmp_path / "lr_transfer.json").read_text())
     for arm in ("mup", "sp"):
-        xs = sorted(r["log2_lr"] for r in result["runs"] if r["arm"] == arm)
-        assert xs == [-16, -15, -14]
-        assert result["optima"][arm]["32"]["edge"] == "high"  # still rising: one extension only
-    assert result["verdict"] == "inconclusive"
+        for width in (32, 64):
+            xs = sorted(r["log2_lr"] for r in result["runs"] if r["arm"] == arm and r["width"] == width)
+            assert xs == [-16, -15, -14]
+            assert result["optima"][arm][str(width)]["per_seed"][0]["edge"] == "high"  # one extension only
+    assert result["verdict"] == "inconclusive" and "edge" in result["reason"]
 
 
 @pytest.mark.parametrize("args, message", [
@@ -134,6 +209,9 @@ def test_best_lr_on_the_edge_extends_the_grid(cache: Path, tmp_path: Path) -> No
     (["--lrs", "fast"], "--lrs"),
     (["--lrs", "0.01,0.01"], "repeated"),
     (["--steps", "0"], "--steps"),
+    (["--widths", "64,64"], "two different widths"),
+    (["--seeds", "0"], "--seeds"),
+    (["--tolerance", "0"], "--tolerance"),
 ])
 def test_bad_arguments_are_one_line_errors(args: list[str], message: str, tmp_path: Path,
                                            capsys: pytest.CaptureFixture) -> None:

@@ -102,36 +102,42 @@ def _run_coord_check(args: argparse.Namespace) -> int:
 # ---- lr-transfer ----------------------------------------------------------------------------------
 
 LR_TRANSFER_HELP = """\
-Learning-rate transfer across widths. Proxies of several widths (fixed depth, head_dim 32,
-FFN 2.5 x width) train on the bundled corpus with the production WSD shape (warmup, constant,
-exponential decay over the last 20%) at every LR of a log2 grid, once with μP (base width
---dim-model-base) and once with standard parameterization (μP off: one init std, one LR), and
-are scored by held-out loss on the Wikipedia validation split. Each width's optimum is the
-vertex of a parabola in log2 LR through the best point and its neighbours; a best point on a
-grid edge adds an octave on that side. PASS: μP's optimum moves <= 1 octave across widths while
-SP's moves more. Writes lr_transfer.json, lr_transfer.txt and lr_transfer.png to --out; exit
-status 0 on PASS, 1 on FAIL or INCONCLUSIVE.
+Learning-rate transfer across widths, with error bars. Proxies of several widths (fixed depth,
+head_dim 32, FFN 2.5 x width) train on the bundled corpus with the production WSD shape (warmup,
+constant, exponential decay over the last 20%) at every LR of a log2 grid, once with μP (base
+width --dim-model-base) and once with standard parameterization (μP off: one init std, one LR),
+under --seeds seeds (each its own initialisation and data order), and are scored by held-out loss
+on the Wikipedia validation split. Each curve's optimum is the vertex of a parabola in log2 LR
+through the best point and its neighbours; a best point on a grid edge adds an octave on that
+side, for every seed. Per seed, the drift is the slope of the optima against log2 width (octaves
+per doubling); its mean gets a 95% t-interval over the seeds, and so does each width's optimum.
+PASS: μP's drift interval lies inside ±0.25 octave per doubling (--tolerance) while SP's excludes
+zero; FAIL: μP's lies wholly outside; otherwise INCONCLUSIVE (with one seed the point drifts are
+judged, without intervals). Writes lr_transfer.json, lr_transfer.txt and lr_transfer.png to
+--out; exit status 0 on PASS, 1 on FAIL or INCONCLUSIVE.
 
 Profiles (explicit options override them):
-  --quick  widths 64,128,256; 2 layers; 150 steps of 16 x 64 tokens; LRs 2^-10..2^-5
-           (36 runs + edge extensions). Measured: 13.5 minutes wall with 2 workers on 2
-           cores shared with other jobs (6 minutes of CPU time); about 4 minutes on 2 idle
-           cores. Result on our model: μP optima spread 0.37 octaves, SP 1.17 (PASS).
-  full     widths 64,128,256,512; 4 layers; 600 steps of 32 x 128 tokens; LRs 2^-11..2^-4
-           (64 runs + extensions): about 5 hours with 2 workers on 2 idle cores (the quick
-           profile's CPU time scaled by tokens, depth, width and grid), 2-3 times that on a
-           busy machine."""
+  --quick   widths 64,128,256,512; 2 layers; 150 steps of 16 x 64 tokens; LRs 2^-10..2^-5;
+            3 seeds (144 runs + edge extensions).
+  --middle  widths 64,128,256,512; 2 layers; 400 steps of 16 x 64 tokens; LRs 2^-10..2^-5;
+            3 seeds: longer runs, so that SP's optimum has time to move (see docs/results.md).
+  full      widths 64,128,256,512; 4 layers; 600 steps of 32 x 128 tokens; LRs 2^-11..2^-4;
+            3 seeds (192 runs + extensions): about 15 hours with 2 workers on 2 idle cores."""
 
 PROFILES = {
-    "quick": dict(widths="64,128,256", layers=2, steps=150, batch_size=16, seq_len=64,
+    "quick": dict(widths="64,128,256,512", layers=2, steps=150, batch_size=16, seq_len=64, seeds=3,
                   lrs=",".join(f"2^{e}" for e in range(-10, -4))),
-    "full": dict(widths="64,128,256,512", layers=4, steps=600, batch_size=32, seq_len=128,
+    "middle": dict(widths="64,128,256,512", layers=2, steps=400, batch_size=16, seq_len=64, seeds=3,
+                   lrs=",".join(f"2^{e}" for e in range(-10, -4))),
+    "full": dict(widths="64,128,256,512", layers=4, steps=600, batch_size=32, seq_len=128, seeds=3,
                  lrs=",".join(f"2^{e}" for e in range(-11, -3))),
 }
 
 
 def _add_lr_transfer(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quick", action="store_true", help="the quick profile (see above)")
+    profile = parser.add_mutually_exclusive_group()
+    profile.add_argument("--quick", action="store_true", help="the quick profile (see above)")
+    profile.add_argument("--middle", action="store_true", help="the middle profile (see above)")
     parser.add_argument("--widths", help="comma-separated widths (multiples of 32)")
     parser.add_argument("--lrs", help="comma-separated peak LRs, numbers or powers of two "
                                       "(0.004,2^-7,...)")
@@ -139,6 +145,9 @@ def _add_lr_transfer(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layers", type=int, help="proxy depth")
     parser.add_argument("--batch-size", type=int, help="sequences per step")
     parser.add_argument("--seq-len", type=int, help="tokens per sequence")
+    parser.add_argument("--seeds", type=int, help="replications of every point, seeds --seed, --seed+1, ...")
+    parser.add_argument("--tolerance", type=float, default=0.25,
+                        help="μP's allowed drift, octaves per doubling of width (default: %(default)s)")
     parser.add_argument("--dim-model-base", type=int, default=64,
                         help="μP base width (default: %(default)s)")
     parser.add_argument("--init-std", type=float, default=0.1,
@@ -149,7 +158,7 @@ def _add_lr_transfer(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-extensions", type=int, default=2,
                         help="octaves added per curve whose best LR sits on a grid edge "
                              "(default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="the first seed (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=2, help="worker processes (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=Path("runs/lr-transfer"),
                         help="output folder (default: %(default)s)")
@@ -189,24 +198,29 @@ def _run_lr_transfer(args: argparse.Namespace) -> int:
     from xmodel2.windtunnel.proxy import ProxySettings, prepare_proxy_data
     from xmodel2.windtunnel.transfer_plot import plot_lr_transfer
 
-    profile = PROFILES["quick" if args.quick else "full"]
+    profile_name = "quick" if args.quick else "middle" if args.middle else "full"
+    profile = PROFILES[profile_name]
     pick = lambda name: profile[name] if getattr(args, name) is None else getattr(args, name)  # noqa: E731
     widths = _int_list(pick("widths"), "--widths")
     if any(w % 32 for w in widths):
         raise UserError(f"--widths: every width must be a multiple of 32 (head_dim), got {pick('widths')}")
-    for name in ("steps", "layers", "batch_size", "seq_len", "workers", "vocab_size", "dim_model_base"):
+    if len(set(widths)) < 2:
+        raise UserError(f"--widths: the drift needs at least two different widths, got {pick('widths')}")
+    for name in ("steps", "layers", "batch_size", "seq_len", "seeds", "workers", "vocab_size", "dim_model_base"):
         _positive(pick(name) if name in profile else getattr(args, name), "--" + name.replace("_", "-"))
     if args.max_extensions < 0:
         raise UserError(f"--max-extensions must be >= 0, got {args.max_extensions}")
+    if not args.tolerance > 0:
+        raise UserError(f"--tolerance must be positive, got {args.tolerance}")
     proxy = ProxySettings(steps=pick("steps"), batch_size=pick("batch_size"), seq_len=pick("seq_len"),
                           seed=args.seed, **engine_settings(args))
     settings = TransferSettings(widths=widths, log2_lrs=_lr_list(pick("lrs")), proxy=proxy,
-                                layers=pick("layers"), dim_model_base=args.dim_model_base,
+                                seeds=pick("seeds"), tolerance=args.tolerance, layers=pick("layers"), dim_model_base=args.dim_model_base,
                                 init_std=args.init_std, workers=args.workers,
                                 max_extensions=args.max_extensions)
     data = prepare_proxy_data(args.cache or args.out / "cache", args.vocab_size, log=say)
     result = run_lr_transfer(settings, data, log=say)
-    result["profile"] = "quick" if args.quick else "full"
+    result["profile"] = profile_name
     table = format_table(result)
     atomic_write_json(args.out / "lr_transfer.json", result)
     atomic_write_text(args.out / "lr_transfer.txt", table + "\n")

@@ -2,21 +2,32 @@
 
 For each width and each arm (μP, and standard parameterization as the control) a proxy is
 trained at every LR of a log2 grid (`train_proxy`: the production WSD shape on the bundled
-corpus, held-out loss). Each curve's optimum is found in octaves (`find_optimum`); a curve whose
-best point sits on a grid edge gets one more octave on that side, up to `max_extensions` times.
+corpus, held-out loss), once per seed (each seed its own initialisation and data order). Each
+curve's optimum is found in octaves (`find_optimum`); when any seed's best point sits on a grid
+edge, every seed gets one more octave on that side, up to `max_extensions` times.
 
-Verdict: "pass" when μP's optima span at most `tolerance` octaves across the widths while SP's
-span more; "fail" when μP's span more; "inconclusive" when an optimum is missing or still on an
-edge, or when SP does not drift either (the sweep then cannot tell the two apart).
+The drift of the optimum is its slope against log2 width, in octaves per doubling, one per
+seed; its mean gets a t-interval over the seeds (`intervals`). Verdict, at 95% confidence:
+"pass" when μP's drift interval lies inside ±`tolerance` and SP's excludes zero (the control
+does drift, so the sweep can see drift); "fail" when μP's interval lies wholly outside
+±`tolerance`; "inconclusive" otherwise, and whenever an optimum is missing or still on an edge.
+With one seed there is no interval and the verdict is taken on the point drifts, and says so.
+
+The tolerance, 0.25 octave per doubling: a wind tunnel transfers from widths of 64-512 to the
+1.2B model's 1,536, about 2-5 doublings, so 0.25 per doubling keeps the transferred LR within
+about 1.25 octaves (a factor 2.4) in the worst case, inside the flat bottom of the curves;
+and it is a quarter of the 1 octave per doubling that standard parameterization's optimum
+moves for Adam's hidden matrices (their update size grows with width), the drift μP removes.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
+from xmodel2.windtunnel.intervals import CONFIDENCE, Interval, drift_interval, t_interval
 from xmodel2.windtunnel.optimum import Optimum, find_optimum
 from xmodel2.windtunnel.proxy import ProxyData, ProxyJob, ProxySettings, proxy_model, run_in_workers
 
@@ -28,19 +39,21 @@ class TransferSettings:
     widths: tuple[int, ...]
     log2_lrs: tuple[float, ...]
     proxy: ProxySettings = field(default_factory=ProxySettings)
+    seeds: int = 3  # replications: seeds proxy.seed, proxy.seed + 1, ...
     layers: int = 2
     head_dim: int = 32
     dim_model_base: int = 64  # μP's base width; SP ignores it
     init_std: float = 0.1  # μP: embedding std, hidden std init_std/sqrt(m); SP: every matrix
     workers: int = 2
     max_extensions: int = 2  # extra octaves per curve when its best point sits on an edge
-    tolerance: float = 1.0  # octaves
+    tolerance: float = 0.25  # octaves of drift per doubling of width
 
 
 @dataclass
 class Run:
     arm: str
     width: int
+    seed: int
     log2_lr: float
     val_loss: float
     diverged: bool
@@ -53,45 +66,62 @@ class Run:
         return out
 
 
+Curves = dict[tuple[str, int, int], dict[float, Run]]  # (arm, width, seed) -> log2 LR -> run
+
+
 def run_lr_transfer(settings: TransferSettings, data: ProxyData,
                     log: Callable[[str], None] = lambda _: None) -> dict:
+    if settings.seeds < 1:
+        raise ValueError("seeds must be at least 1")
     started = time.perf_counter()
-    runs: dict[tuple[str, int], dict[float, Run]] = {(a, w): {} for a in ARMS for w in settings.widths}
-    extensions = {key: 0 for key in runs}
-    pending = [(arm, width, x) for (arm, width) in runs for x in settings.log2_lrs]
+    seeds = [settings.proxy.seed + i for i in range(settings.seeds)]
+    curves: Curves = {(a, w, s): {} for a in ARMS for w in settings.widths for s in seeds}
+    extensions = {(a, w): 0 for a in ARMS for w in settings.widths}
+    pending = [(arm, width, seed, x) for (arm, width, seed) in curves for x in settings.log2_lrs]
     total = len(pending)
     while pending:
-        jobs = [ProxyJob((arm, width, x), _config(settings, arm, width, data.vocab_size), 2.0 ** x,
-                         data, settings.proxy) for arm, width, x in pending]
+        jobs = [ProxyJob((arm, width, seed, x), _config(settings, arm, width, data.vocab_size), 2.0 ** x,
+                         data, _with_seed(settings.proxy, seed)) for arm, width, seed, x in pending]
         for job, result in run_in_workers(jobs, settings.workers):
-            arm, width, x = job.key
-            runs[arm, width][x] = Run(arm, width, x, result.val_loss, result.diverged, result.seconds)
-            done = sum(len(curve) for curve in runs.values())
+            arm, width, seed, x = job.key
+            curves[arm, width, seed][x] = Run(arm, width, seed, x, result.val_loss, result.diverged,
+                                              result.seconds)
+            done = sum(len(curve) for curve in curves.values())
             loss = "diverged" if result.diverged else f"{result.val_loss:.4f}"
-            log(f"[{done}/{total}] {arm} width {width} lr 2^{x:.3g}: val loss {loss} "
+            log(f"[{done}/{total}] {arm} width {width} seed {seed} lr 2^{x:.3g}: val loss {loss} "
                 f"({result.seconds:.0f} s, {time.perf_counter() - started:.0f} s elapsed)")
         pending = []
-        for key, curve in runs.items():
-            optimum = _optimum(curve)
-            if optimum is not None and optimum.edge and extensions[key] < settings.max_extensions:
-                extensions[key] += 1
-                x = min(curve) - 1 if optimum.edge == "low" else max(curve) + 1
-                pending.append((*key, x))
-                log(f"{key[0]} width {key[1]}: best LR on the {optimum.edge} edge, adding lr 2^{x:.3g}")
+        for (arm, width), used in extensions.items():
+            edges = {o.edge for s in seeds if (o := _optimum(curves[arm, width, s])) is not None and o.edge}
+            grid = curves[arm, width, seeds[0]]
+            for edge in sorted(edges):
+                if used >= settings.max_extensions:
+                    break
+                used += 1
+                x = min(grid) - 1 if edge == "low" else max(grid) + 1
+                pending += [(arm, width, s, x) for s in seeds]
+                log(f"{arm} width {width}: best LR on the {edge} edge, adding lr 2^{x:.3g} for every seed")
+            extensions[arm, width] = used
         total += len(pending)
-    optima = {arm: {w: _optimum(runs[arm, w]) for w in settings.widths} for arm in ARMS}
-    status, reason, spreads, drifts = verdict(optima, settings.tolerance)
+    optima = {arm: {w: [_optimum(curves[arm, w, s]) for s in seeds] for w in settings.widths} for arm in ARMS}
+    outcome = verdict(optima, settings.tolerance)
     return {
         "settings": _settings_dict(settings),
-        "runs": [run.to_dict() for curve in runs.values() for _, run in sorted(curve.items())],
-        "optima": {arm: {str(w): _optimum_dict(o) for w, o in by_width.items()}
-                   for arm, by_width in optima.items()},
-        "spread_octaves": spreads,
-        "drift_octaves": drifts,
-        "verdict": status,
-        "reason": reason,
+        "seeds": seeds,
+        "confidence": CONFIDENCE,
+        "runs": [run.to_dict() for curve in curves.values() for _, run in sorted(curve.items())],
+        "optima": {arm: {str(w): _optima_dict(found, outcome.width_intervals[arm].get(w))
+                         for w, found in by_width.items()} for arm, by_width in optima.items()},
+        "drift": {arm: None if d is None else {**d.to_dict(), "per_seed": outcome.per_seed_drifts[arm]}
+                  for arm, d in outcome.drifts.items()},
+        "verdict": outcome.status,
+        "reason": outcome.reason,
         "seconds": time.perf_counter() - started,
     }
+
+
+def _with_seed(proxy: ProxySettings, seed: int) -> ProxySettings:
+    return replace(proxy, seed=seed)
 
 
 def _config(settings: TransferSettings, arm: str, width: int, vocab_size: int):
@@ -105,10 +135,10 @@ def _optimum(curve: dict[float, Run]) -> Optimum | None:
     return find_optimum(xs, [curve[x].val_loss for x in xs])
 
 
-def _optimum_dict(optimum: Optimum | None) -> dict | None:
-    if optimum is None:
-        return None
-    return {"log2_lr": optimum.log2_lr, "lr": optimum.lr, "loss": optimum.loss, "edge": optimum.edge}
+def _optima_dict(per_seed: list[Optimum | None], interval: Interval | None) -> dict:
+    return {"per_seed": [None if o is None else {"log2_lr": o.log2_lr, "loss": o.loss, "edge": o.edge}
+                         for o in per_seed],
+            "interval": None if interval is None else interval.to_dict()}
 
 
 def _settings_dict(settings: TransferSettings) -> dict:
@@ -117,63 +147,113 @@ def _settings_dict(settings: TransferSettings) -> dict:
     return out
 
 
-def verdict(optima: dict[str, dict[int, Optimum | None]], tolerance: float
-            ) -> tuple[str, str, dict[str, float | None], dict[str, float | None]]:
-    """(status, reason, spread per arm, drift per arm), in octaves.
+@dataclass
+class Verdict:
+    status: str  # pass, fail, inconclusive
+    reason: str
+    drifts: dict[str, Interval | None]  # per arm, octaves per doubling; None when optima are missing
+    per_seed_drifts: dict[str, list[float]]
+    width_intervals: dict[str, dict[int, Interval]]  # per arm and width: the optimum's interval
 
-    Spread: max - min of the optima across widths. Drift: widest width's optimum minus the
-    narrowest's (negative: the best LR falls as width grows, SP's expected direction).
-    """
-    spreads: dict[str, float | None] = {}
-    drifts: dict[str, float | None] = {}
+
+def verdict(optima: dict[str, dict[int, list[Optimum | None]]], tolerance: float) -> Verdict:
+    """The verdict on per-seed optima (arm -> width -> one optimum per seed); see the module doc."""
     problems = []
+    drifts: dict[str, Interval | None] = {}
+    per_seed: dict[str, list[float]] = {}
+    width_intervals: dict[str, dict[int, Interval]] = {}
     for arm, by_width in optima.items():
-        found = {w: o for w, o in by_width.items() if o is not None}
-        for w, o in by_width.items():
-            if o is None:
-                problems.append(f"{arm} width {w}: every run diverged")
-            elif o.edge:
-                problems.append(f"{arm} width {w}: best LR still on the {o.edge} edge of the grid")
-        xs = [o.log2_lr for o in found.values()]
-        spreads[arm] = max(xs) - min(xs) if xs else None
-        drifts[arm] = (found[max(found)].log2_lr - found[min(found)].log2_lr) if found else None
+        usable = True
+        for w, found in by_width.items():
+            for i, o in enumerate(found):
+                where = f"{arm} width {w}" + (f" seed #{i + 1}" if len(found) > 1 else "")
+                if o is None:
+                    problems.append(f"{where}: every run diverged")
+                elif o.edge:
+                    problems.append(f"{where}: best LR still on the {o.edge} edge of the grid")
+                usable = usable and o is not None and not o.edge
+        width_intervals[arm] = {w: t_interval([o.log2_lr for o in found]) for w, found in by_width.items()
+                                if all(o is not None for o in found)}
+        n_seeds = len(next(iter(by_width.values())))
+        if usable and len(by_width) >= 2:
+            drifts[arm], per_seed[arm] = drift_interval(
+                [{w: found[s].log2_lr for w, found in by_width.items()} for s in range(n_seeds)])
+        else:
+            drifts[arm], per_seed[arm] = None, []
     if problems:
-        return "inconclusive", "; ".join(problems), spreads, drifts
-    mup, sp = spreads["mup"], spreads["sp"]
-    if mup > tolerance:
-        return ("fail", f"μP optimum moves {mup:.2f} octaves across widths (> {tolerance:g})",
-                spreads, drifts)
-    if sp <= tolerance:
-        return ("inconclusive", f"μP optimum moves {mup:.2f} octaves, but the SP control moves only "
-                f"{sp:.2f} (<= {tolerance:g}): this sweep cannot tell μP from SP; use wider "
-                "widths or longer runs (the full profile)", spreads, drifts)
-    return ("pass", f"μP optimum moves {mup:.2f} octaves (<= {tolerance:g}) while SP's moves "
-            f"{sp:.2f} (drift {drifts['sp']:+.2f})", spreads, drifts)
+        return Verdict("inconclusive", "; ".join(problems), drifts, per_seed, width_intervals)
+    if len(next(iter(optima["mup"].values()))) == 1:
+        status, reason = _point_verdict(drifts["mup"].mean, drifts["sp"].mean, tolerance)
+    else:
+        status, reason = _interval_verdict(drifts["mup"], drifts["sp"], tolerance)
+    return Verdict(status, reason, drifts, per_seed, width_intervals)
+
+
+def _interval_verdict(mup: Interval, sp: Interval, tolerance: float) -> tuple[str, str]:
+    level = f"{CONFIDENCE:.0%}"
+    mup_text = f"μP drift {mup.text()} octave/doubling ({level} CI, {mup.n} seeds)"
+    sp_text = f"SP drift {sp.text()}"
+    if mup.low > tolerance or mup.high < -tolerance:
+        return "fail", f"{mup_text} lies outside ±{tolerance:g}"
+    problems = []
+    if not mup.within(-tolerance, tolerance):
+        problems.append(f"{mup_text} is not inside ±{tolerance:g}: more seeds, or longer runs, narrow it")
+    if sp.contains(0.0):
+        problems.append(f"{sp_text} contains 0: the control does not drift, so this sweep cannot tell "
+                        "μP from SP; use wider widths or longer runs (the middle or full profile)")
+    if problems:
+        return "inconclusive", "; ".join(problems)
+    return "pass", f"{mup_text} lies inside ±{tolerance:g}, while {sp_text} excludes 0"
+
+
+def _point_verdict(mup: float, sp: float, tolerance: float) -> tuple[str, str]:
+    prefix = "one seed, no error bars: "
+    if abs(mup) > tolerance:
+        return "fail", f"{prefix}μP drift {mup:+.2f} octave/doubling is outside ±{tolerance:g}"
+    if abs(sp) <= tolerance:
+        return ("inconclusive", f"{prefix}μP drift {mup:+.2f} octave/doubling, but the SP control drifts "
+                f"only {sp:+.2f}: this sweep cannot tell μP from SP")
+    return "pass", f"{prefix}μP drift {mup:+.2f} octave/doubling (within ±{tolerance:g}), SP {sp:+.2f}"
 
 
 def format_table(result: dict) -> str:
-    """Loss grid per arm (rows: widths, columns: log2 LR) and the optima, as plain text."""
-    lines = []
+    """Mean loss grid per arm (rows: widths, columns: log2 LR), the optima and drifts, as text."""
+    n_seeds = len(result["seeds"])
+    level = f"{result['confidence']:.0%}"
+    lines = [f"{n_seeds} seed(s) per point: {', '.join(map(str, result['seeds']))}; intervals are "
+             f"{level} t-intervals over the seeds", ""]
     xs = sorted({r["log2_lr"] for r in result["runs"]})
     for arm, name in ARMS.items():
-        lines.append(f"{name} ({arm}): held-out loss by width (rows) and log2 LR (columns)")
-        lines.append(f"{'width':>6} " + " ".join(f"{x:>7.3g}" for x in xs) + f" {'optimum (log2 / lr)':>24}")
+        lines.append(f"{name} ({arm}): held-out loss, mean over seeds, by width (rows) and log2 LR (columns)")
+        lines.append(f"{'width':>6} " + " ".join(f"{x:>7.3g}" for x in xs) + f"  {'optimum log2 LR':<28}")
         for width, optimum in result["optima"][arm].items():
-            losses = {r["log2_lr"]: r for r in result["runs"] if r["arm"] == arm and str(r["width"]) == width}
-            cells = [_cell(losses.get(x)) for x in xs]
-            best = "none" if optimum is None else (
-                f"{optimum['log2_lr']:+.2f} / {optimum['lr']:.2e}" + (f" ({optimum['edge']} edge)"
-                                                                      if optimum["edge"] else ""))
-            lines.append(f"{width:>6} " + " ".join(f"{c:>7}" for c in cells) + f" {best:>24}")
-        spread, drift = result["spread_octaves"][arm], result["drift_octaves"][arm]
-        if spread is not None:
-            lines.append(f"  spread {spread:.2f} octaves, drift {drift:+.2f} (widest minus narrowest)")
+            cells = [_cell([r for r in result["runs"] if r["arm"] == arm and str(r["width"]) == width
+                            and r["log2_lr"] == x]) for x in xs]
+            lines.append(f"{width:>6} " + " ".join(f"{c:>7}" for c in cells) + f"  {_optimum_text(optimum)}")
+        drift = result["drift"][arm]
+        if drift is not None:
+            lines.append(f"  drift {Interval.from_dict(drift).text()} octave per doubling of width; per seed: "
+                         + ", ".join(f"{d:+.2f}" for d in drift["per_seed"]))
         lines.append("")
+    tolerance = result["settings"]["tolerance"]
+    lines.append(f"tolerance: μP passes when its drift interval lies inside ±{tolerance:g} octave per doubling")
     lines.append(f"verdict: {result['verdict'].upper()}: {result['reason']}")
     return "\n".join(lines)
 
 
-def _cell(run: dict | None) -> str:
-    if run is None:
+def _optimum_text(optimum: dict) -> str:
+    interval = optimum["interval"]
+    if interval is None:
+        return "none (a seed's runs all diverged)"
+    text = Interval.from_dict(interval).text()
+    edges = sorted({o["edge"] for o in optimum["per_seed"] if o["edge"]})
+    return text + (f" ({'/'.join(edges)} edge)" if edges else "")
+
+
+def _cell(runs: list[dict]) -> str:
+    if not runs:
         return ""
-    return "div" if run["val_loss"] is None else f"{run['val_loss']:.3f}"
+    finite = [r["val_loss"] for r in runs if r["val_loss"] is not None]
+    if not finite:
+        return "div"
+    return f"{sum(finite) / len(finite):.3f}" + ("*" if len(finite) < len(runs) else "")
