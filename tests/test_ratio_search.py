@@ -11,13 +11,15 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from xmodel2.cli import main
 from xmodel2.data.corpus import corpus_file
 from xmodel2.data.sft import BUNDLED_DIR
 from xmodel2.errors import UserError
-from xmodel2.ratio_search.plot import fit_quadratic
+from xmodel2.ratio_search.plot import fit_quadratic, plot_search
+from xmodel2.ratio_search.share_interval import share_interval
 from xmodel2.train.runconfig import load_run_config
 
 
@@ -127,6 +129,51 @@ def test_quadratic_fit_finds_an_interior_optimum():
     a, b, _ = fit_quadratic(shares, values)
     assert -b / (2 * a) == pytest.approx(0.6)
     assert fit_quadratic([0.1, 0.1, 0.2], [1, 2, 3]) is None
+
+
+SHARES = np.repeat(np.round(np.arange(10) * 0.1, 1), 2)  # the quick grid: 10 shares x 2 mixes
+MIX_OFFSET = np.tile([0.0, 0.01], 10)  # the second mix is a little worse at every share
+
+
+@pytest.mark.parametrize("noise", [0.02, 0.05])
+def test_share_interval_recovers_the_optimum_at_its_stated_coverage(noise):
+    rng = np.random.default_rng(11)
+    covered, estimates, repeats = 0, [], 200
+    for r in range(repeats):
+        values = 0.8 * (SHARES - 0.55) ** 2 + 2.0 + MIX_OFFSET + rng.normal(0, noise, SHARES.size)
+        interval = share_interval(SHARES, values, resamples=1000, seed=r)
+        covered += interval.low <= 0.55 <= interval.high
+        estimates.append(interval.estimate)
+    # 95% nominal; the percentile bootstrap on 20 trials measured 0.92-0.93 here
+    assert 0.88 <= covered / repeats <= 0.99
+    assert abs(np.mean(estimates) - 0.55) < 0.02
+
+
+def test_share_interval_edges_maximizing_and_the_report_range():
+    falling = 3.0 - 0.5 * SHARES  # no interior optimum: the best end of the range, exactly
+    interval = share_interval(SHARES, falling)
+    assert interval.estimate == interval.low == interval.high == pytest.approx(0.9)
+    accuracy = -((SHARES - 0.64) ** 2)  # an accuracy objective peaks where a loss bottoms out
+    interval = share_interval(SHARES, accuracy, maximize=True)
+    assert interval.estimate == pytest.approx(0.64)
+    assert interval.report_range_verdict() == "the interval lies inside the report's 60%-69%"
+    wide = share_interval(SHARES, accuracy + np.random.default_rng(0).normal(0, 0.05, 20), maximize=True)
+    assert wide.low < 0.6 and wide.high > 0.69
+    assert wide.report_range_verdict() == "the report's 60%-69% lies inside the interval"
+    assert "outside" in share_interval(SHARES, (SHARES - 0.3) ** 2).report_range_verdict()
+    assert share_interval([0.1, 0.1, 0.2], [1, 2, 3]) is None
+    again = share_interval(SHARES, accuracy + np.linspace(0, 0.01, 20), maximize=True)
+    assert again == share_interval(SHARES, accuracy + np.linspace(0, 0.01, 20), maximize=True)  # seeded
+
+
+def test_plot_draws_the_interval_band(tmp_path):
+    values = 0.8 * (SHARES - 0.55) ** 2 + 2.0 + MIX_OFFSET
+    trials = [{"sft_share": float(s), "value": float(v), "label": "uniform" if i % 2 == 0 else "reasoning"}
+              for i, (s, v) in enumerate(zip(SHARES, values))]
+    with_band = plot_search(trials, "loss", tmp_path / "band.png", "t", share_interval(SHARES, values))
+    without = plot_search(trials, "loss", tmp_path / "plain.png", "t")
+    assert with_band.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert with_band.read_bytes() != without.read_bytes()
 
 
 def test_branch_accuracy_is_what_xmodel2_eval_reports(setup, tmp_path):

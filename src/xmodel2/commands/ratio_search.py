@@ -15,8 +15,11 @@ cuda, else splitting the CPU's cores), and is scored on held-out SFT and pretrai
 OUT/study.db; a PostgreSQL or MySQL URL lets several machines share it): --trials is the study's
 total, so re-running resumes, and the same command on other machines (same --storage, --study
 and --checkpoint) splits the trials, none run twice; the trial of a worker that died (no
-heartbeat for 3 x --heartbeat seconds) is run again by a live one. Writes OUT/best-mixture.yaml
-(a run config for `xmodel2 pretrain` with the best decay mixture), OUT/trials.jsonl and
+heartbeat for 3 x --heartbeat seconds) is run again by a live one. The best share is also
+estimated from a quadratic fit of the objective against share, with a 95% confidence interval
+from a bootstrap over the trials (printed, shaded in the plot, in OUT/best-share.json), and
+compared with the report's 60-69%. Writes OUT/best-mixture.yaml (a run config for
+`xmodel2 pretrain` with the best decay mixture), OUT/trials.jsonl, OUT/best-share.json and
 OUT/ratio-search.png.
 --quick: a 240-step stable stage (unless --checkpoint), then 20 trials (10 shares x 2 mixes) of
 16 decay steps each, scored on smaller held-out sets.
@@ -95,7 +98,10 @@ def run(args: argparse.Namespace) -> int:
     weights = ", ".join(f"{c} {w:.0%}" for c, w in summary["best_weights"].items())
     print(f"best SFT share: {summary['best_share']:.0%} (mix {summary['best_label']}: {weights}), "
           f"objective {summary['best_value']:.4f} over {summary['trials']} trials")
-    if summary["fit_optimum"] is not None:
-        print(f"quadratic fit optimum: {summary['fit_optimum']:.0%} SFT")
+    interval = summary["share_interval"]
+    if interval is not None:
+        print(f"best SFT share from a quadratic fit: {interval.estimate:.0%}, {interval.confidence:.0%} "
+              f"CI {interval.low:.0%}-{interval.high:.0%} (bootstrap over the {summary['trials']} trials); "
+              f"{interval.report_range_verdict()}")
     print(f"plot: {summary['plot']}\nbest mixture config: {summary['config']}")
     return 0

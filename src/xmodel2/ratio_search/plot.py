@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from xmodel2.ratio_search.share_interval import REPORT_RANGE, ShareInterval
+
 
 def fit_quadratic(shares: list[float], values: list[float]) -> np.ndarray | None:
     """Coefficients (highest power first), or None with fewer than three distinct shares."""
@@ -15,8 +17,11 @@ def fit_quadratic(shares: list[float], values: list[float]) -> np.ndarray | None
     return np.polyfit(np.asarray(shares), np.asarray(values), 2)
 
 
-def plot_search(trials: list[dict], metric_label: str, out: Path, title: str) -> Path:
-    """`trials`: dicts with sft_share, value, label. Writes a PNG and returns its path."""
+def plot_search(trials: list[dict], metric_label: str, out: Path, title: str,
+                interval: ShareInterval | None = None) -> Path:
+    """`trials`: dicts with sft_share, value, label. Writes a PNG and returns its path. With
+    `interval`, the best share's confidence interval is a shaded band and the report's range is
+    outlined beside it."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -38,10 +43,13 @@ def plot_search(trials: list[dict], metric_label: str, out: Path, title: str) ->
         xs = np.linspace(min(shares), max(shares), 200)
         ax.plot(100 * xs, np.polyval(coefficients, xs), color="grey", linestyle="--", zorder=2,
                 label="quadratic fit")
-        a, b, _ = coefficients
-        if a > 0 and min(shares) <= -b / (2 * a) <= max(shares):
-            ax.axvline(100 * -b / (2 * a), color="grey", linestyle=":", linewidth=1,
-                       label=f"fit optimum {100 * -b / (2 * a):.0f}%")
+        if interval is not None:
+            ax.axvspan(100 * interval.low, 100 * interval.high, color="tab:blue", alpha=0.15, lw=0,
+                       label=f"best share {interval.estimate:.0%}, {interval.confidence:.0%} CI "
+                             f"{interval.low:.0%}-{interval.high:.0%} (bootstrap)")
+            ax.axvline(100 * interval.estimate, color="tab:blue", linestyle=":", linewidth=1)
+            ax.axvspan(100 * REPORT_RANGE[0], 100 * REPORT_RANGE[1], facecolor="none", edgecolor="tab:green",
+                       hatch="//", lw=0.8, alpha=0.5, label=f"report: {REPORT_RANGE[0]:.0%}-{REPORT_RANGE[1]:.0%}")
     best = min(trials, key=lambda t: t["value"]) if trials[0].get("minimize", True) else max(trials, key=lambda t: t["value"])
     ax.scatter([100 * best["sft_share"]], [best["value"]], s=160, facecolors="none", edgecolors="red",
                linewidths=1.5, zorder=4, label=f"best trial ({100 * best['sft_share']:.0f}%)")

@@ -129,7 +129,8 @@ def run_search(run: RunConfig, out_dir: Path, options: SearchOptions) -> dict:
 
 
 def summarize(run: RunConfig, prepared, study, out_dir: Path, objective: str, max_repeats: float) -> dict:
-    from xmodel2.ratio_search.plot import fit_quadratic, plot_search
+    from xmodel2.ratio_search.plot import plot_search
+    from xmodel2.ratio_search.share_interval import share_interval
 
     trials = completed_trials(study)
     if not trials:
@@ -153,12 +154,13 @@ def summarize(run: RunConfig, prepared, study, out_dir: Path, objective: str, ma
                       "".join(json.dumps(t, sort_keys=True) + "\n" for t in sorted(trials, key=lambda t: t["number"])))
     metric = {"mean": "mean of held-out SFT and pretraining loss", "sft": "held-out SFT loss (nats/token)",
               "answer": "held-out SFT answer loss (nats/token)", "accuracy": "task accuracy"}[objective]
+    interval = share_interval([t["sft_share"] for t in trials], [t["value"] for t in trials], maximize=not minimize)
+    if interval is not None:
+        atomic_write_text(out_dir / "best-share.json", json.dumps(
+            {**interval.to_dict(), "report_range": interval.report_range_verdict(), "trials": len(trials),
+             "objective": objective}, indent=1) + "\n")
     png = plot_search(trials, metric, out_dir / "ratio-search.png",
-                      f"ratio search: {len(trials)} decay branches")
-    coefficients = fit_quadratic([t["sft_share"] for t in trials], [t["value"] for t in trials])
-    optimum = None
-    if coefficients is not None and coefficients[0] > 0:
-        optimum = float(-coefficients[1] / (2 * coefficients[0]))
+                      f"ratio search: {len(trials)} decay branches", interval)
     return {"trials": len(trials), "best_share": best.user_attrs["sft_share"], "best_label": best.user_attrs["label"],
-            "best_value": best.value, "best_weights": best.user_attrs["weights"], "fit_optimum": optimum,
+            "best_value": best.value, "best_weights": best.user_attrs["weights"], "share_interval": interval,
             "plot": png, "config": out_dir / "best-mixture.yaml"}
