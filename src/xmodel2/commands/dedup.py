@@ -24,13 +24,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threshold", type=int, default=3, help="max Hamming distance of near duplicates")
     parser.add_argument("--field", default="text", help="JSONL field holding the text")
     parser.add_argument("--shingle", type=int, default=3, help="words per shingle")
+    parser.add_argument("--buckets", type=int, default=None,
+                        help="run as datatrove stages (signatures to this many band buckets, duplicate pairs "
+                             "per bucket, decisions in input order, filter), holding one bucket at a time "
+                             "instead of the whole index; same output and report")
+    parser.add_argument("--tasks", type=int, default=2, help="datatrove tasks per stage (with --buckets)")
+    parser.add_argument("--workers", type=int, default=2, help="local processes (with --buckets)")
 
 
 def run(args: argparse.Namespace) -> int:
     from xmodel2.data.dedup import deduplicate
 
     result = deduplicate(args.inputs, args.out, threshold=args.threshold, field_name=args.field,
-                         shingle=args.shingle)
+                         shingle=args.shingle, buckets=args.buckets, tasks=args.tasks, workers=args.workers)
     print(result.summary())
     if result.distances:
         print("near duplicates by distance: " + ", ".join(f"{d}: {n}" for d, n in sorted(result.distances.items())))

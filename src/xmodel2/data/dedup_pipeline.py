@@ -156,7 +156,7 @@ def decide(pairs: np.ndarray) -> np.ndarray:
             neighbours.setdefault(other, []).append((distance, doc))
     kept: set[int] = set()
     removed = []
-    for doc in sorted(first_of.keys() | neighbours.keys()):
+    for doc in sorted(first_of.keys() | set(first_of.values()) | neighbours.keys()):
         first = first_of.get(doc, doc)
         if first != doc and first in kept:
             removed.append((doc, first, 0, 1))
