@@ -9,7 +9,10 @@ sides alike, and are medians of several repeats:
 * the step's *matmul floor*: the time the step's forward and backward matrix multiplications
   alone take when run at their exact shapes, so "1.4x floor" means 40% overhead beyond GEMMs;
 * prefill and decode tokens/s at batch 1 and 8 against `transformers` `generate`, with fp32
-  weights on both sides, plus transformers in bf16 and ours in the int8 inference format.
+  weights on both sides, plus transformers in bf16 and ours in the int8 inference format;
+* for decoding, the bytes each generated token reads (weights, shared by the rows of a batch,
+  plus each row's KV cache) and the fraction of the machine's measured memory-copy bandwidth
+  that this rate of reading reaches: decoding is bound by memory, so this is its roofline.
 """
 
 from __future__ import annotations
@@ -65,6 +68,41 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int) -> d
             fn()
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) for name, values in times.items()}
+
+
+def memory_copy_bandwidth(megabytes: int = 512, repeats: int = 5) -> float:
+    """Bytes per second a large tensor copy moves (each byte read once and written once), median.
+
+    The buffer is far larger than any cache, so this is the DRAM bandwidth that decoding, which
+    streams every weight once per step, can at best use.
+    """
+    source = torch.ones(megabytes << 20, dtype=torch.uint8)
+    target = torch.empty_like(source)
+    return 2 * source.numel() / median_time(lambda: target.copy_(source), repeats)
+
+
+def weight_bytes_per_step(model: torch.nn.Module) -> int:
+    """Bytes of parameters and buffers one decode step reads: each tensor once (tied ones once),
+    except an embedding table that is only looked up (a few rows a step), not used as the LM head."""
+    tensors = {t.data_ptr(): t.nbytes for t in (*model.parameters(), *model.buffers())}
+    head = getattr(model, "lm_head", None)
+    head_ptr = getattr(getattr(head, "weight", None), "data_ptr", lambda: None)()
+    for module in model.modules():
+        if isinstance(module, torch.nn.Embedding) and head is not None and module.weight.data_ptr() != head_ptr:
+            tensors.pop(module.weight.data_ptr(), None)
+    return sum(tensors.values())
+
+
+def kv_bytes_per_row(config: ModelConfig, context: int, dtype: torch.dtype) -> int:
+    """Bytes of keys and values one row's decode step reads at `context` cached positions."""
+    element = torch.empty((), dtype=dtype).element_size()
+    return 2 * config.num_layers * config.num_kv_heads * config.head_dim * context * element
+
+
+def decode_bytes_per_token(model: torch.nn.Module, config: ModelConfig, batch: int, context: int,
+                           kv_dtype: torch.dtype) -> float:
+    """Bytes read per generated token: a step's weights over the batch plus a row's KV cache."""
+    return weight_bytes_per_step(model) / batch + kv_bytes_per_row(config, context, kv_dtype)
 
 
 def build_pair(config: ModelConfig, seed: int = 0):

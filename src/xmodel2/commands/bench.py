@@ -12,7 +12,8 @@ HELP = """Benchmark training and decoding speed against transformers on identica
 Default shape (a small model at scale-out proportions): hidden 512, 8 layers, 8 heads, 4 KV heads, ffn 1280,
 vocab 32,000, sequence 512, batch 8. Prints training tokens/s and MFU (eager and compiled),
 the measured fp32/bf16 matmul peaks, the step's matmul floor, prefill/decode tokens/s at batch
-1 and 8, and the ratios last; writes JSON. Takes several minutes on 2 CPU cores (compilation).
+1 and 8 with the bytes each decoded token reads and the fraction of the measured memory-copy
+bandwidth that reaches, and the ratios last; writes JSON. Takes several minutes on 2 CPU cores (compilation).
 """
 
 
@@ -121,6 +122,12 @@ def run(args: argparse.Namespace) -> int:
              "transformers bf16": ("transformers bf16", None), "ours int8": ("ours int8", False)}
     if not args.no_compile:
         sides.update({"ours compiled": ("ours", True), "ours int8 compiled": ("ours int8", True)})
+    bandwidth = bench.memory_copy_bandwidth()
+    result["memory_copy_bandwidth"] = bandwidth
+    say(f"memory-copy bandwidth (512 MiB, read + write, median): {bandwidth / 1e9:.1f} GB/s")
+    context = args.prompt + args.new_tokens / 2  # mean cached positions over the decode
+    kv_dtypes = {name: getattr(model, "activation_dtype", None) or next(model.parameters()).dtype
+                 for name, model in models.items()}
     for batch in (1, 8):
         prompt = torch.randint(0, shape.vocab, (batch, args.prompt), generator=gen)
         variants = {f"{name} prefill": bench.prefill(model, prompt) for name, model in models.items()}
@@ -135,9 +142,13 @@ def run(args: argparse.Namespace) -> int:
             # decode rate: generated tokens over generate's time minus one prefill
             decode_time = max(1e-9, t[f"{side} generate"] - t[f"{name} prefill"])
             decode = batch * args.new_tokens / decode_time
-            result["generation"][f"{side} batch {batch}"] = {"prefill_tokens_per_s": prefill,
-                                                             "decode_tokens_per_s": decode}
-            say(f"batch {batch} {side:19s} prefill {prefill:9.0f} tok/s   decode {decode:8.1f} tok/s")
+            per_token = bench.decode_bytes_per_token(models[name], config, batch, context, kv_dtypes[name])
+            fraction = decode * per_token / bandwidth
+            result["generation"][f"{side} batch {batch}"] = {
+                "prefill_tokens_per_s": prefill, "decode_tokens_per_s": decode,
+                "decode_bytes_per_token": per_token, "bandwidth_fraction": fraction}
+            say(f"batch {batch} {side:19s} prefill {prefill:9.0f} tok/s   decode {decode:8.1f} tok/s   "
+                f"{per_token / 1e6:7.1f} MB/token   {100 * fraction:5.1f}% of bandwidth")
 
     train, gen_r = result["training"], result["generation"]
     ratios = {"eager training, ours / transformers":
