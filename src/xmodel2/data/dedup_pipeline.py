@@ -1,7 +1,7 @@
 """`dedup` as four datatrove stages whose memory is bounded by one bucket, not by the corpus.
 
 1. Signatures (datatrove tasks share the input files): each document's SimHash and exact hash,
-   written, one input file at a time, once per band as (band, band value, document id, fingerprint, exact hash)
+   written, a batch of documents at a time, once per band as (band, band value, document id, fingerprint, exact hash)
    to the bucket file that the band value hashes to. A document id is (input file index, ordinal
    in the file) packed into 64 bits, so ids sort in input order.
 2. Pairs (tasks share the buckets): a bucket is loaded alone and sorted by (band, band value,
@@ -38,6 +38,7 @@ SIGNATURE = np.dtype([("band", "<u1"), ("value", "<u8"), ("doc", "<u8"), ("finge
                       ("key", "V16")])
 PAIR = np.dtype([("doc", "<u8"), ("other", "<u8"), ("distance", "<u1"), ("exact", "<u1")])
 ORDINAL_BITS = 40  # documents per input file: up to 2**40
+SIGNATURE_BATCH = 1 << 16  # signature records a task holds before writing them to the buckets
 
 
 def doc_id(file_index: int, ordinal: int) -> int:
@@ -71,7 +72,7 @@ class Signatures:
     def __call__(self, data, rank: int = 0, world_size: int = 1):
         bands = band_masks(self.threshold)
         for file_index in range(rank, len(self.files), world_size):
-            rows = []
+            rows, batch = [], 0
             for ordinal, doc in enumerate(read_documents([Path(self.files[file_index])], self.field_name)):
                 normalized = normalize(doc.text)
                 fingerprint = simhash(normalized, self.shingle)
@@ -79,12 +80,18 @@ class Signatures:
                 ident = doc_id(file_index, ordinal)
                 rows.extend((band, (fingerprint >> shift) & mask, ident, fingerprint, key)
                             for band, (shift, mask) in enumerate(bands))
-            records = np.array(rows, dtype=SIGNATURE)
-            which = bucket_of(records["band"], records["value"], self.buckets)
-            for bucket in range(self.buckets):
-                _save(Path(self.work) / "signatures" / f"bucket-{bucket:05d}" / f"file-{file_index:08d}.npy",
-                      records[which == bucket])
+                if len(rows) >= SIGNATURE_BATCH:
+                    self.write(rows, file_index, batch)
+                    rows, batch = [], batch + 1
+            self.write(rows, file_index, batch)
         return data
+
+    def write(self, rows: list[tuple], file_index: int, batch: int) -> None:
+        records = np.array(rows, dtype=SIGNATURE)
+        which = bucket_of(records["band"], records["value"], self.buckets)
+        for bucket in range(self.buckets):
+            _save(Path(self.work) / "signatures" / f"bucket-{bucket:05d}" / f"file-{file_index:08d}-{batch:06d}.npy",
+                  records[which == bucket])
 
 
 class Pairs:
@@ -105,27 +112,39 @@ class Pairs:
 
 
 def bucket_pairs(records: np.ndarray, threshold: int) -> np.ndarray:
-    records = records[np.lexsort((records["doc"], records["value"], records["band"]))]
-    starts = np.flatnonzero(np.r_[True, (records["band"][1:] != records["band"][:-1])
-                                  | (records["value"][1:] != records["value"][:-1])])
-    ends = np.r_[starts[1:], len(records)]
-    pairs: list[tuple[int, int, int, int]] = []
-    for start, end in zip(starts, ends):
-        if end - start < 2:
-            continue  # most band groups hold one document
-        group = records[start:end]
-        firsts: dict[bytes, int] = {}  # exact hash -> first document of the group with it
-        for row in group:  # ids ascending: the first seen is the earliest
-            first = firsts.setdefault(bytes(row["key"]), int(row["doc"]))
-            if first != row["doc"] and row["band"] == 0:  # one exact pair per member, not one per band
-                pairs.append((int(row["doc"]), first, 0, 1))
-        leaders = group[np.isin(group["doc"], np.fromiter(firsts.values(), np.uint64, len(firsts)))]
-        if len(leaders) < 2:
-            continue
-        distances = np.bitwise_count(leaders["fingerprint"][:, None] ^ leaders["fingerprint"][None, :])
-        for i, j in zip(*np.nonzero(np.triu(distances <= threshold, k=1))):
-            pairs.append((int(leaders["doc"][j]), int(leaders["doc"][i]), int(distances[i, j]), 0))
-    return np.array(pairs, dtype=PAIR)
+    """The duplicate pairs of one bucket: (member, first of its exact group, 0, 1) for each later
+    member of an exact group, and (later, earlier, distance, 0) for firsts of exact groups that
+    share a band value within `threshold` bits."""
+    key = np.frombuffer(records["key"].tobytes(), "<u8").reshape(-1, 2)
+    order = np.lexsort((records["doc"], key[:, 1], key[:, 0], records["value"], records["band"]))
+    records, key = records[order], key[order]
+    same_value = np.r_[False, (records["band"][1:] == records["band"][:-1])
+                       & (records["value"][1:] == records["value"][:-1])]
+    same_key = same_value & np.r_[False, (key[1:] == key[:-1]).all(axis=1)]
+    # within a run of one exact hash the earliest document comes first: it stands for the run
+    first_row = np.maximum.accumulate(np.where(same_key, 0, np.arange(len(records))))
+    members = same_key & (records["band"] == 0)  # one exact pair per member, not one per band
+    exact = np.empty(int(members.sum()), PAIR)
+    exact["doc"], exact["other"] = records["doc"][members], records["doc"][first_row[members]]
+    exact["distance"], exact["exact"] = 0, 1
+
+    firsts = records[~same_key]
+    firsts = firsts[np.lexsort((firsts["doc"], firsts["value"], firsts["band"]))]
+    group = np.cumsum(np.r_[True, (firsts["band"][1:] != firsts["band"][:-1])
+                            | (firsts["value"][1:] != firsts["value"][:-1])])
+    near = []
+    offset = 1
+    while offset < len(firsts) and (group[offset:] == group[:-offset]).any():  # every pair of a band group
+        together = np.flatnonzero(group[offset:] == group[:-offset])
+        distance = np.bitwise_count(firsts["fingerprint"][together] ^ firsts["fingerprint"][together + offset])
+        close = distance <= threshold
+        found = np.empty(int(close.sum()), PAIR)
+        found["doc"] = firsts["doc"][together[close] + offset]
+        found["other"] = firsts["doc"][together[close]]
+        found["distance"], found["exact"] = distance[close], 0
+        near.append(found)
+        offset += 1
+    return np.concatenate([exact, *near])
 
 
 class Decisions:
