@@ -98,3 +98,24 @@ def test_cli_stages_and_bad_buckets(tmp_path, capsys):
     assert main(["dedup", *files, "--out", str(tmp_path / "bad.jsonl"), "--buckets", "0"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--buckets" in err
+
+
+def test_signatures_in_many_batches_in_process(tmp_path, monkeypatch):
+    from xmodel2.data import dedup_pipeline
+
+    monkeypatch.setattr(dedup_pipeline, "SIGNATURE_BATCH", 40)  # one datatrove task, run in this process
+    files = planted_corpus(tmp_path)
+    both_ways(files, tmp_path, 3, buckets=3, tasks=1, workers=1)
+
+
+def test_bad_record_is_one_line_error_and_leaves_nothing(tmp_path, capsys):
+    good = write_jsonl(tmp_path / "good.jsonl", ["one two three", "four five six"])
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "seven eight"}\nnot json\n')
+    code = main(["dedup", str(good), str(bad), "--out", str(tmp_path / "out" / "o.jsonl"), "--buckets", "2",
+                 "--tasks", "2", "--workers", "1"])
+    err = capsys.readouterr().err
+    # datatrove logs its tasks to stderr too; the error itself is one line, the last
+    assert code == 2 and err.count("xmodel2: error") == 1
+    assert err.strip().splitlines()[-1].startswith(f"xmodel2: error: {bad}:2: invalid JSON")
+    assert not any((tmp_path / "out").iterdir())

@@ -33,6 +33,8 @@ import numpy as np
 from xmodel2.data.dedup import (DedupResult, _AtomicFile, band_masks, exact_key, normalize, read_documents,
                                 simhash)
 from xmodel2.data.pipeline import run_local
+from xmodel2.errors import UserError
+from xmodel2.fileio import atomic_write_text
 
 SIGNATURE = np.dtype([("band", "<u1"), ("value", "<u8"), ("doc", "<u8"), ("fingerprint", "<u8"),
                       ("key", "V16")])
@@ -70,6 +72,13 @@ class Signatures:
         return f"xmodel2 dedup signatures: {len(self.files)} files -> {self.buckets} buckets"
 
     def __call__(self, data, rank: int = 0, world_size: int = 1):
+        try:
+            self.sign(rank, world_size)
+        except UserError as error:  # a bad record: handed to the main process, which reports it in one line
+            atomic_write_text(Path(self.work) / "errors" / f"task-{rank:05d}.txt", str(error))
+        return data
+
+    def sign(self, rank: int, world_size: int) -> None:
         bands = band_masks(self.threshold)
         for file_index in range(rank, len(self.files), world_size):
             rows, batch = [], 0
@@ -84,7 +93,6 @@ class Signatures:
                     self.write(rows, file_index, batch)
                     rows, batch = [], batch + 1
             self.write(rows, file_index, batch)
-        return data
 
     def write(self, rows: list[tuple], file_index: int, batch: int) -> None:
         records = np.array(rows, dtype=SIGNATURE)
@@ -232,11 +240,14 @@ def deduplicate_in_stages(files: list[Path], output: Path, report: Path, thresho
     """Stages 1-3 as datatrove tasks in a work folder beside `output`, then stage 4 here."""
     work = output.parent / f".{output.name}.dedup"
     shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    (work / "errors").mkdir(parents=True)
     try:
         names = [str(path) for path in files]
         run_local(Signatures(names, field_name, threshold, shingle, buckets, str(work)), min(tasks, len(files)),
                   workers, work / "logs" / "signatures")
+        errors = sorted((work / "errors").glob("task-*.txt"))
+        if errors:
+            raise UserError(errors[0].read_text())
         run_local(Pairs(threshold, buckets, str(work)), min(tasks, buckets), workers, work / "logs" / "pairs")
         run_local(Decisions(buckets, str(work)), 1, 1, work / "logs" / "decisions")
         result = DedupResult(output=output, report=report)
