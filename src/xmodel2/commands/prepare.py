@@ -25,8 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "input files encoded as datatrove tasks in --workers local processes; ray: "
                              "datatrove tasks on a Ray cluster (--ray-address) or on one started here; "
                              "slurm: datatrove tasks as a Slurm job array, submitted with sbatch together "
-                             "with a dependent job that joins the finished parts into the shard (running "
-                             "`xmodel2 prepare` again with the same arguments also joins them). All write "
+                             "with a dependent job that joins the finished parts into the shard (after the "
+                             "array has finished, this prepare run again, or with --executor local, only joins "
+                             "them; run before, it submits the unfinished files again). All write "
                              "the same shard bytes")
     parser.add_argument("--tasks", type=int, default=None,
                         help="datatrove tasks (local, ray, slurm; default: one per input file)")
