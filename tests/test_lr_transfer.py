@@ -191,6 +191,27 @@ def test_cli_tiny_sweep_with_seeds_writes_intervals_table_and_plot(cache: Path, 
     assert "verdict:" in table and "t-intervals over the seeds" in table
 
 
+def test_a_killed_sweep_resumes_from_its_journal_and_more_seeds_add_to_it(cache: Path, tmp_path: Path,
+                                                                           capsys: pytest.CaptureFixture) -> None:
+    args = ["windtunnel", "lr-transfer", "--widths", "32,64", "--lrs", "2^-8,2^-6", "--max-extensions", "0",
+            "--out", str(tmp_path), "--cache", str(cache), *TINY]
+    main([*args, "--seeds", "1"])
+    first = json.loads((tmp_path / "lr_transfer.json").read_text())["runs"]
+    journal = tmp_path / "lr_transfer_runs.jsonl"
+    lines = journal.read_text().splitlines(keepends=True)
+    assert len(lines) == 1 + 8
+    journal.write_text("".join(lines[:-1]) + lines[-1][:20])  # killed while writing the last run
+    capsys.readouterr()
+    main([*args, "--seeds", "2"])
+    assert "7 runs already in" in capsys.readouterr().err  # the cut run and all of seed 1 train
+    again = json.loads((tmp_path / "lr_transfer.json").read_text())["runs"]
+    losses = lambda runs: sorted((r["arm"], r["width"], r["log2_lr"], r["val_loss"]) for r in runs)  # noqa: E731
+    assert losses(r for r in again if r["seed"] == 0) == losses(first)  # the retrained run too
+    assert len(again) == 16 and len(journal.read_text().splitlines()) == 1 + 7 + 9
+    assert main([*args, "--steps", "7"]) == 2
+    assert "made with other settings (proxy differ)" in capsys.readouterr().err
+
+
 def test_best_lr_on_the_edge_extends_the_grid(cache: Path, tmp_path: Path) -> None:
     # LRs this small all undertrain, so the largest is best and the grid grows upward
     main(["windtunnel", "lr-transfer", "--widths", "32,64", "--lrs", "2^-16,2^-15", "--seeds", "1",

@@ -114,7 +114,9 @@ per doubling); its mean gets a 95% t-interval over the seeds, and so does each w
 PASS: μP's drift interval lies inside ±0.25 octave per doubling (--tolerance) while SP's excludes
 zero; FAIL: μP's lies wholly outside; otherwise INCONCLUSIVE (with one seed the point drifts are
 judged, without intervals). Writes lr_transfer.json, lr_transfer.txt and lr_transfer.png to
---out; exit status 0 on PASS, 1 on FAIL or INCONCLUSIVE.
+--out; exit status 0 on PASS, 1 on FAIL or INCONCLUSIVE. Each run is recorded in
+--out/lr_transfer_runs.jsonl as it finishes: the same command again resumes a killed sweep, and
+more --seeds, --widths or --lrs train only the runs that are new.
 
 Profiles (explicit options override them):
   --quick   widths 64,128,256,512; 2 layers; 150 steps of 16 x 64 tokens; LRs 2^-10..2^-5;
@@ -219,7 +221,7 @@ def _run_lr_transfer(args: argparse.Namespace) -> int:
                                 init_std=args.init_std, workers=args.workers,
                                 max_extensions=args.max_extensions)
     data = prepare_proxy_data(args.cache or args.out / "cache", args.vocab_size, log=say)
-    result = run_lr_transfer(settings, data, log=say)
+    result = run_lr_transfer(settings, data, log=say, journal=args.out / "lr_transfer_runs.jsonl")
     result["profile"] = profile_name
     table = format_table(result)
     atomic_write_json(args.out / "lr_transfer.json", result)

@@ -22,10 +22,15 @@ moves for Adam's hidden matrices (their update size grows with width), the drift
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Callable
+
+from xmodel2.errors import UserError
 
 from xmodel2.windtunnel.intervals import CONFIDENCE, Interval, drift_interval, t_interval
 from xmodel2.windtunnel.optimum import Optimum, find_optimum
@@ -70,22 +75,34 @@ Curves = dict[tuple[str, int, int], dict[float, Run]]  # (arm, width, seed) -> l
 
 
 def run_lr_transfer(settings: TransferSettings, data: ProxyData,
-                    log: Callable[[str], None] = lambda _: None) -> dict:
+                    log: Callable[[str], None] = lambda _: None, journal: Path | None = None) -> dict:
+    """The sweep, its optima, drifts and verdict. With `journal` (a JSON Lines file), every
+    finished run is appended to it as it ends, and runs already there are not trained again:
+    a killed sweep resumes, and more seeds, widths or LRs add to an earlier sweep."""
     if settings.seeds < 1:
         raise ValueError("seeds must be at least 1")
     started = time.perf_counter()
     seeds = [settings.proxy.seed + i for i in range(settings.seeds)]
     curves: Curves = {(a, w, s): {} for a in ARMS for w in settings.widths for s in seeds}
+    finished = _read_journal(journal, _run_fingerprint(settings, data)) if journal else {}
     extensions = {(a, w): 0 for a in ARMS for w in settings.widths}
     pending = [(arm, width, seed, x) for (arm, width, seed) in curves for x in settings.log2_lrs]
     total = len(pending)
     while pending:
+        recorded = [key for key in pending if key in finished]
+        for key in recorded:
+            curves[key[:3]][key[3]] = finished[key]
+        if recorded:
+            log(f"{len(recorded)} runs already in {journal}, {len(pending) - len(recorded)} to train")
+        pending = [key for key in pending if key not in finished]
         jobs = [ProxyJob((arm, width, seed, x), _config(settings, arm, width, data.vocab_size), 2.0 ** x,
                          data, _with_seed(settings.proxy, seed)) for arm, width, seed, x in pending]
         for job, result in run_in_workers(jobs, settings.workers):
             arm, width, seed, x = job.key
-            curves[arm, width, seed][x] = Run(arm, width, seed, x, result.val_loss, result.diverged,
-                                              result.seconds)
+            run = Run(arm, width, seed, x, result.val_loss, result.diverged, result.seconds)
+            curves[arm, width, seed][x] = run
+            if journal:
+                _append_line(journal, run.to_dict())
             done = sum(len(curve) for curve in curves.values())
             loss = "diverged" if result.diverged else f"{result.val_loss:.4f}"
             log(f"[{done}/{total}] {arm} width {width} seed {seed} lr 2^{x:.3g}: val loss {loss} "
@@ -118,6 +135,57 @@ def run_lr_transfer(settings: TransferSettings, data: ProxyData,
         "reason": outcome.reason,
         "seconds": time.perf_counter() - started,
     }
+
+
+def _run_fingerprint(settings: TransferSettings, data: ProxyData) -> dict:
+    """What one run's loss depends on besides its arm, width, seed and LR."""
+    proxy = _settings_dict(settings)["proxy"]
+    proxy.pop("seed")
+    return {"proxy": proxy, "layers": settings.layers, "head_dim": settings.head_dim,
+            "dim_model_base": settings.dim_model_base, "init_std": settings.init_std,
+            "vocab_size": data.vocab_size}
+
+
+def _read_journal(path: Path, fingerprint: dict) -> dict[tuple, Run]:
+    """Runs recorded in `path` (its first line: the fingerprint they were made with). A last line
+    cut short by a kill is ignored; a journal of other settings is refused."""
+    fingerprint = json.loads(json.dumps(fingerprint))  # as it reads back (tuples become lists)
+    if not path.is_file():
+        _append_line(path, {"fingerprint": fingerprint})
+        return {}
+    text = path.read_text(encoding="utf-8")
+    lines = text.split("\n")
+    try:
+        header = json.loads(lines[0])["fingerprint"]
+    except (ValueError, KeyError, TypeError):
+        raise UserError(f"{path}:1: not an lr-transfer journal; use another --out") from None
+    if header != fingerprint:
+        changed = sorted(k for k in set(header) | set(fingerprint) if header.get(k) != fingerprint.get(k))
+        raise UserError(f"{path}: made with other settings ({', '.join(changed)} differ); use another "
+                        "--out or delete it")
+    runs = {}
+    for number, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        try:
+            r = json.loads(line)
+            run = Run(r["arm"], r["width"], r["seed"], r["log2_lr"],
+                      math.inf if r["val_loss"] is None else r["val_loss"], r["diverged"], r["seconds"])
+        except (ValueError, KeyError, TypeError):
+            if number == len(lines) and not text.endswith("\n"):
+                break  # the line a kill cut short: that run is trained again
+            raise UserError(f"{path}:{number}: not a run record") from None
+        runs[run.arm, run.width, run.seed, run.log2_lr] = run
+    return runs
+
+
+def _append_line(path: Path, record: dict) -> None:
+    """One JSON line, flushed to disk before the sweep goes on (a kill loses at most this line)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record, sort_keys=True) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def _with_seed(proxy: ProxySettings, seed: int) -> ProxySettings:
