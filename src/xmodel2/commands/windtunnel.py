@@ -120,17 +120,24 @@ more --seeds, --widths or --lrs train only the runs that are new.
 
 Profiles (explicit options override them):
   --quick   widths 64,128,256,512; 2 layers; 150 steps of 16 x 64 tokens; LRs 2^-10..2^-5;
-            3 seeds (144 runs + edge extensions).
-  --middle  widths 64,128,256,512; 2 layers; 400 steps of 16 x 64 tokens; LRs 2^-10..2^-5;
-            3 seeds: longer runs, so that SP's optimum has time to move (see docs/results.md).
+            3 seeds (144 runs + edge extensions): about 30 minutes with 2 workers on 2 idle
+            cores (a single seed over widths 64-256 took 6 minutes of CPU time; width 512 costs
+            2.4 times those three together).
+  --middle  widths 64,128,256,512; 4 layers; 200 steps of 16 x 64 tokens; LRs 2^-10..2^-6;
+            3 seeds (120 runs + extensions): about an hour on 2 idle cores (1.8 times quick's
+            cost per run for the depth, 4/3 for the steps, 5/6 for the grid). Deeper, so that
+            hidden matrices, whose SP optimum moves with width, outweigh the embedding and head
+            at the narrow widths too (at width 64 they are 42% of the weights with 2 layers,
+            59% with 4); longer, so that the optimum reflects training rather than the first
+            steps' transient.
   full      widths 64,128,256,512; 4 layers; 600 steps of 32 x 128 tokens; LRs 2^-11..2^-4;
             3 seeds (192 runs + extensions): about 15 hours with 2 workers on 2 idle cores."""
 
 PROFILES = {
     "quick": dict(widths="64,128,256,512", layers=2, steps=150, batch_size=16, seq_len=64, seeds=3,
                   lrs=",".join(f"2^{e}" for e in range(-10, -4))),
-    "middle": dict(widths="64,128,256,512", layers=2, steps=400, batch_size=16, seq_len=64, seeds=3,
-                   lrs=",".join(f"2^{e}" for e in range(-10, -4))),
+    "middle": dict(widths="64,128,256,512", layers=4, steps=200, batch_size=16, seq_len=64, seeds=3,
+                   lrs=",".join(f"2^{e}" for e in range(-10, -5))),
     "full": dict(widths="64,128,256,512", layers=4, steps=600, batch_size=32, seq_len=128, seeds=3,
                  lrs=",".join(f"2^{e}" for e in range(-11, -3))),
 }
