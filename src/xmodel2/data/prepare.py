@@ -17,6 +17,7 @@ How a run is made safe to kill and to repeat:
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import multiprocessing
 import shutil
 import sys
@@ -187,6 +188,8 @@ def prepare(inputs: list[str], tokenizer_path: str, out: str | Path, jsonl_field
         if slurm is None or join_command is None:
             raise ValueError("executor 'slurm' needs slurm options and a join command")
         check_sbatch(slurm)
+    if executor == "ray" and importlib.util.find_spec("ray") is None:  # before the reading pass
+        raise UserError("--executor ray needs ray: pip install 'xmodel2[ray]'")
     tokenizer = load_tokenizer(tokenizer_path)
     if tokenizer.eos_id is None:
         raise UserError(f"{tokenizer_path}: tokenizer has no EOS token to end documents with")
