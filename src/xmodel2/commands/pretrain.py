@@ -17,6 +17,14 @@ Any config key can be overridden: --train.steps=2000 --train.seed=1 --checkpoint
 half-life are fractions of the run, so --train.steps=N alone scales it (any N >= 2), and its
 micro-batch (train.micro_batch_size: auto) follows the global batch and the number of ranks.
 Re-running the same command resumes from the newest complete checkpoint in OUT/checkpoints/.
+
+--dry-run trains nothing: it checks the config for --nproc ranks and prints the plan (batch ramp,
+steps and tokens per stage and in total, the LR at each stage's first and last step, the steps that
+checkpoint, each source's budget against shards already in OUT/data) and writes each stage's
+mixture as OUT/mixture.png. A batch that does not split, or any other config error, is one line
+and exit 2 with no plan. Input paths that do not exist (a recipe's placeholders) and budgets that
+prepared shards cannot serve are listed under "problems" after the full plan, and the exit
+status is then 2; 0 means the run could start as configured.
 """
 
 
@@ -29,6 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set-from", action="append", default=[], metavar="FRAGMENT.yaml",
                         help="merge a config fragment (e.g. windtunnel search's best_config.yaml or "
                              "ratio-search's best mixture) into the config; repeatable")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="check and print the plan, write OUT/mixture.png, train nothing (see above)")
+    parser.add_argument("--nproc", type=int, default=1, metavar="N",
+                        help="ranks the --dry-run plan splits each batch over (default 1)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--no-finish", action="store_true",
                         help="skip the final sample, perplexity and plot")
@@ -43,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
     run_config = load_run_config(args.config, args.overrides, fragments=args.set_from)
     name = Path(args.config).stem if args.config else "default"
     out_dir = Path(args.out) if args.out else Path("runs") / name
+    if args.dry_run:
+        return dry_run(run_config, out_dir, args.nproc, Path(args.config).name if args.config else name)
     # Everything that can be refused is, before the run folder is made or any work starts.
     check_run(run_config, out_dir, args.init_from, pick_device(run_config.train.device),
               world=int(os.environ.get("WORLD_SIZE", "1")))
@@ -55,6 +69,21 @@ def run(args: argparse.Namespace) -> int:
         finish(run_config, result)
     print(f"finished in {time.perf_counter() - started:.0f} s; model folder: {result.final_checkpoint}")
     return 0
+
+
+def dry_run(run_config, out_dir: Path, nproc: int, config_name: str) -> int:
+    from xmodel2.folders import claim_run_folder
+    from xmodel2.planning.dry_run import dry_run_plan, plan_text
+    from xmodel2.planning.mixture_chart import draw_mixtures
+
+    plan = dry_run_plan(run_config, out_dir, nproc)
+    print(plan_text(plan, config_name))
+    # Claiming the folder refuses one pretrain would refuse, and marks a new one as this run's.
+    with claim_run_folder(out_dir):
+        png = draw_mixtures([(s.name, s.tokens, s.sources) for s in plan.stages], out_dir / "mixture.png",
+                            title=f"data mixture per stage: {config_name}")
+    print(f"mixture per stage: {png}")
+    return 2 if plan.problems else 0
 
 
 def finish(run_config, result) -> None:
