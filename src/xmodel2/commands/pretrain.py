@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
 
 def dry_run(run_config, out_dir: Path, nproc: int, config_name: str) -> int:
     from xmodel2.folders import claim_run_folder
-    from xmodel2.planning.dry_run import dry_run_plan, plan_text
+    from xmodel2.planning.dry_run import dry_run_plan, plan_text, problems_text
     from xmodel2.planning.mixture_chart import draw_mixtures
 
     plan = dry_run_plan(run_config, out_dir, nproc)
@@ -83,6 +83,7 @@ def dry_run(run_config, out_dir: Path, nproc: int, config_name: str) -> int:
         png = draw_mixtures([(s.name, s.tokens, s.sources) for s in plan.stages], out_dir / "mixture.png",
                             title=f"data mixture per stage: {config_name}")
     print(f"mixture per stage: {png}")
+    print(problems_text(plan))
     return 2 if plan.problems else 0
 
 

@@ -148,10 +148,14 @@ def plan_text(plan: DryRunPlan, config_name: str) -> str:
     if plan.unchecked:
         lines.append(f"  unchecked until prepared (by the run's first start, or xmodel2 prepare): "
                      f"{', '.join(plan.unchecked)}")
-    if plan.problems:
-        lines.append(f"problems ({len(plan.problems)}; the run would not start until they are fixed):")
-        lines += [f"  {problem}" for problem in plan.problems]
     return "\n".join(lines)
+
+
+def problems_text(plan: DryRunPlan) -> str:
+    if not plan.problems:
+        return "no problems: the run can start as configured"
+    return "\n".join([f"problems ({len(plan.problems)}; the run would not start until they are fixed):"]
+                     + [f"  {problem}" for problem in plan.problems])
 
 
 def _steps(steps: list[int]) -> str:
