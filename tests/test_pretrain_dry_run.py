@@ -91,3 +91,10 @@ def test_prepared_shards_are_checked_against_each_stage_budget(tmp_path, capsys,
     text = capsys.readouterr().out
     assert "stages.stable.mixture.math:" in text and "more than max_repeats=4" in text
     assert Path(out / "mixture.png").is_file()
+
+
+def test_nproc_without_dry_run_is_refused_before_any_work(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["pretrain", "--nproc", "4", "--out", str(out)]) == 2
+    assert "--nproc 4: only --dry-run takes it" in capsys.readouterr().err
+    assert not out.exists()

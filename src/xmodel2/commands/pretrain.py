@@ -48,6 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from xmodel2.errors import UserError
     from xmodel2.train.hardware import pick_device
     from xmodel2.train.run import check_run, run_pretraining
     from xmodel2.train.runconfig import load_run_config
@@ -55,6 +56,8 @@ def run(args: argparse.Namespace) -> int:
     run_config = load_run_config(args.config, args.overrides, fragments=args.set_from)
     name = Path(args.config).stem if args.config else "default"
     out_dir = Path(args.out) if args.out else Path("runs") / name
+    if args.nproc != 1 and not args.dry_run:
+        raise UserError(f"--nproc {args.nproc}: only --dry-run takes it; a run gets its ranks from torchrun")
     if args.dry_run:
         return dry_run(run_config, out_dir, args.nproc, Path(args.config).name if args.config else name)
     # Everything that can be refused is, before the run folder is made or any work starts.
