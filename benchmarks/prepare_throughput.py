@@ -8,6 +8,8 @@ Everything encodes the same documents of the bundled corpus with the same tokeni
   executor at 1 and 2 workers, on Parquet and on `.jsonl.zst` copies of the corpus that this
   script writes (split into --files files, since a datatrove task encodes one input file).
 
+A prepare worker encodes its batches with SentencePiece's default thread count (every CPU), so
+"1 worker" is one process, not one thread, and 2 workers on 2 CPUs run more threads than CPUs.
 Each figure is the median of --repeats runs; the table gives tokens/s and the ratio to the
 baseline. Without --tokenizer, a tokenizer is trained once on the bundled corpus into a cache
 folder (--cache) and reused by later runs. On a machine running other work the ratios move with
