@@ -52,6 +52,8 @@ class EncodeFiles:
         from xmodel2.tokenizer import load_tokenizer
 
         tokenizer = load_tokenizer(self.tokenizer_path)
+        if world_size > 1:  # the tasks' processes already share the cores out
+            tokenizer.use_one_thread()
         for index in range(rank, len(self.files), world_size):
             if part_digest(part_path(Path(self.staging), index)) != self.digests[index]:
                 self.encode_file(tokenizer, index)

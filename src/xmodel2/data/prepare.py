@@ -112,11 +112,13 @@ def _read_part(path: Path, digest: bytes, dtype: np.dtype) -> tuple[np.ndarray, 
 _worker_tokenizer = None
 
 
-def _init_worker(tokenizer_path: str) -> None:
+def _init_worker(tokenizer_path: str, one_thread: bool = False) -> None:
     global _worker_tokenizer
     from xmodel2.tokenizer import load_tokenizer
 
     _worker_tokenizer = load_tokenizer(tokenizer_path)
+    if one_thread:  # the pool's processes already share the cores out
+        _worker_tokenizer.use_one_thread()
 
 
 def _encode_chunk(job: tuple[int, bytes, list[str], str, str]) -> int:
@@ -138,7 +140,7 @@ class _Encoder:
         self.pool = None
         if workers > 1:
             self.pool = multiprocessing.get_context("spawn").Pool(
-                workers, initializer=_init_worker, initargs=(tokenizer_path,))
+                workers, initializer=_init_worker, initargs=(tokenizer_path, True))
             self.window = 2 * workers
         else:
             _init_worker(tokenizer_path)

@@ -6,6 +6,7 @@ A backend only turns text into ids and back; BOS/EOS, chat and file handling liv
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from xmodel2.errors import UserError
@@ -25,9 +26,13 @@ class SentencePieceBackend:
         self.bos_id = _id_or_none(self._sp.bos_id())
         self.eos_id = _id_or_none(self._sp.eos_id())
         self.pad_id = _id_or_none(self._sp.pad_id())
+        self._threads: int | None = None  # None: SentencePiece's default, every core
+
+    def use_one_thread(self) -> None:
+        self._threads = 1
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return self._sp.encode(texts)
+        return self._sp.encode(texts, num_threads=self._threads)
 
     def decode(self, ids: list[int]) -> str:
         return self._sp.decode(ids)
@@ -58,6 +63,10 @@ class HuggingFaceBackend:
         self.bos_id = self._special_id(specials.get("bos_token"))
         self.eos_id = self._special_id(specials.get("eos_token"))
         self.pad_id = self._special_id(specials.get("pad_token"))
+
+    def use_one_thread(self) -> None:
+        # `tokenizers` reads this before each parallel batch: off means one thread
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
     def _special_id(self, token: str | None) -> int | None:
         return None if token is None else self._tok.token_to_id(token)

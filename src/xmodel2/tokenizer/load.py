@@ -65,6 +65,10 @@ class Tokenizer:
     def encode(self, text: str, add_bos: bool = False, add_eos: bool = False) -> list[int]:
         return self.encode_batch([text], add_bos, add_eos)[0]
 
+    def use_one_thread(self) -> None:
+        """Encode on this thread only: for worker processes that already share the cores out."""
+        self._backend.use_one_thread()
+
     def encode_batch(self, texts: list[str], add_bos: bool = False, add_eos: bool = False) -> list[list[int]]:
         batch = self._backend.encode_batch(list(texts))
         if not (add_bos or add_eos):
