@@ -120,18 +120,19 @@ more --seeds, --widths or --lrs train only the runs that are new.
 
 Profiles (explicit options override them):
   --quick   widths 64,128,256,512; 2 layers; 150 steps of 16 x 64 tokens; LRs 2^-10..2^-5;
-            3 seeds (144 runs + edge extensions): about 30 minutes with 2 workers on 2 idle
-            cores (a single seed over widths 64-256 took 6 minutes of CPU time; width 512 costs
-            2.4 times those three together).
+            3 seeds (144 runs + edge extensions). CPU time per run measured on a 2-core AVX2
+            CPU in fp32: about 3.5 minutes at width 512, 1 minute at 256, 20 s at 128, 7 s at
+            64, so about 3 CPU-hours (1.5 hours with 2 workers on 2 idle cores; a CPU with fast
+            bf16 trains about 5 times faster). Width 512 is 70% of it.
   --middle  widths 64,128,256,512; 4 layers; 200 steps of 16 x 64 tokens; LRs 2^-10..2^-6;
-            3 seeds (120 runs + extensions): about an hour on 2 idle cores (1.8 times quick's
-            cost per run for the depth, 4/3 for the steps, 5/6 for the grid). Deeper, so that
-            hidden matrices, whose SP optimum moves with width, outweigh the embedding and head
-            at the narrow widths too (at width 64 they are 42% of the weights with 2 layers,
-            59% with 4); longer, so that the optimum reflects training rather than the first
-            steps' transient.
+            3 seeds (120 runs + extensions): twice quick's cost (1.8 times per run for the
+            depth, 4/3 for the steps, 5/6 for the grid), about an hour on 2 idle cores with
+            fast bf16. Deeper, so that hidden matrices, whose SP optimum moves with width,
+            outweigh the embedding and head at the narrow widths too (at width 64 they are 42%
+            of the weights with 2 layers, 59% with 4); longer, so that the optimum reflects
+            training rather than the first steps' transient.
   full      widths 64,128,256,512; 4 layers; 600 steps of 32 x 128 tokens; LRs 2^-11..2^-4;
-            3 seeds (192 runs + extensions): about 15 hours with 2 workers on 2 idle cores."""
+            3 seeds (192 runs + extensions): about 40 times quick's cost."""
 
 PROFILES = {
     "quick": dict(widths="64,128,256,512", layers=2, steps=150, batch_size=16, seq_len=64, seeds=3,
