@@ -15,6 +15,7 @@ from pathlib import Path
 from xmodel2.data.shards import META_FILE, ShardReader
 from xmodel2.errors import UserError
 from xmodel2.eval.runner import check_task_names
+from xmodel2.planning.report import short_count
 from xmodel2.planning.runshape import RunShape, run_shape
 from xmodel2.train.callbacks import due
 from xmodel2.train.engine import lr_schedule
@@ -122,12 +123,12 @@ def shard_budgets(run: RunConfig, out_dir: Path,
 def plan_text(plan: DryRunPlan, config_name: str) -> str:
     shape = plan.shape
     lines = [f"plan: {config_name} on {shape.world_size} rank(s), nothing trained",
-             f"model: {_count(shape.config.num_parameters())} parameters, {shape.seq_len:,}-token sequences, "
+             f"model: {short_count(shape.config.num_parameters(), ',.4g')} parameters, {shape.seq_len:,}-token sequences, "
              f"micro-batch {shape.micro_batch} ({shape.micro_batch_from})",
              "batch ramp:"]
     for segment in shape.segments:
         lines.append(f"  from step {segment.from_step:>9,}: {segment.global_batch:,} sequences "
-                     f"({_count(segment.global_batch * shape.seq_len)} tokens) a step = {segment.per_rank} per rank "
+                     f"({short_count(segment.global_batch * shape.seq_len, ',.4g')} tokens) a step = {segment.per_rank} per rank "
                      f"in {segment.accumulation} micro-batch(es)")
     lines.append(f"learning rate: peak {plan.peak_lr:g} after {plan.warmup_steps:,} warmup steps "
                  "(the base LR; μP gives hidden matrices lr / width multiplier)")
@@ -135,12 +136,12 @@ def plan_text(plan: DryRunPlan, config_name: str) -> str:
     for stage in plan.stages:
         end = stage.first_step + stage.steps - 1
         lines.append(f"  {stage.name:<10} steps {stage.first_step:,}-{end:,} ({stage.steps:,} steps), "
-                     f"{_count(stage.tokens)} tokens ({stage.tokens:,}); "
+                     f"{short_count(stage.tokens, ',.4g')} tokens ({stage.tokens:,}); "
                      f"LR {stage.lr_first:.4g} at step {stage.first_step:,} -> {stage.lr_last:.4g} at step {end:,}")
         shares = ", ".join(f"{name} {tokens / stage.tokens:.1%}"
                            for name, tokens in sorted(stage.sources.items(), key=lambda kv: -kv[1]))
         lines.append(f"             mixture: {shares}")
-    lines.append(f"total: {shape.steps:,} steps, {_count(shape.tokens)} tokens ({shape.tokens:,})")
+    lines.append(f"total: {shape.steps:,} steps, {short_count(shape.tokens, ',.4g')} tokens ({shape.tokens:,})")
     lines.append(f"checkpoints: {len(plan.checkpoint_steps):,} written ({_steps(plan.checkpoint_steps)}), "
                  f"the newest {plan.checkpoints_kept} kept, {shape.checkpoint_bytes / 2**30:,.1f} GiB each")
     lines.append("shards (budgets against the shards in OUT/data):")
@@ -164,9 +165,3 @@ def _steps(steps: list[int]) -> str:
     return "after steps " + ", ".join(f"{s:,}" for s in steps[:3]) + ", ..., " + \
         ", ".join(f"{s:,}" for s in steps[-3:])
 
-
-def _count(value: float) -> str:
-    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if value >= scale:
-            return f"{value / scale:,.4g}{unit}"
-    return f"{value:,.0f}"

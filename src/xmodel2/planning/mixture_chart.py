@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from xmodel2.fileio import save_figure
+from xmodel2.planning.report import short_count
 
 # Slices below this share carry no label on the pie (they would overlap); the legend lists all.
 LABEL_SHARE = 0.04
@@ -32,7 +33,7 @@ def draw_mixtures(stages: list[tuple[str, int, dict[str, int]]], path: str | Pat
                 labels=[_percent(share) if share >= LABEL_SHARE else "" for share in shares],
                 labeldistance=0.72, textprops={"fontsize": 10},
                 wedgeprops={"linewidth": 1, "edgecolor": "white"})
-        pie.set_title(f"{name}: {_count(tokens)} tokens", fontsize=12)
+        pie.set_title(f"{name}: {short_count(tokens, ',.3g')} tokens", fontsize=12)
         pie.set_aspect("equal")
         key.axis("off")
         key.legend(handles=[plt.Rectangle((0, 0), 1, 1, color=colours[s]) for s in names],
@@ -43,12 +44,6 @@ def draw_mixtures(stages: list[tuple[str, int, dict[str, int]]], path: str | Pat
     fig.tight_layout()
     return save_figure(fig, path)
 
-
-def _count(value: float) -> str:
-    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if value >= scale:
-            return f"{value / scale:,.3g}{unit}"
-    return f"{value:,.0f}"
 
 
 def _percent(share: float) -> str:

@@ -62,13 +62,13 @@ def plan_text(plan: Plan) -> str:
              f"{config.hidden_size}, vocabulary {config.vocab_size:,}"]
     for segment in shape.segments:
         lines.append(f"batch        from step {segment.from_step:,}: {segment.global_batch:,} sequences x "
-                     f"{shape.seq_len:,} tokens = {_count(segment.global_batch * shape.seq_len)} tokens; "
+                     f"{shape.seq_len:,} tokens = {short_count(segment.global_batch * shape.seq_len)} tokens; "
                      f"{segment.per_rank} per GPU = {segment.accumulation} micro-batch(es) of "
                      f"{shape.micro_batch} ({shape.micro_batch_from})")
-    lines.append(f"tokens       {_count(shape.tokens)} over {shape.steps:,} steps")
+    lines.append(f"tokens       {short_count(shape.tokens)} over {shape.steps:,} steps")
     for stage in shape.stages:
-        sources = ", ".join(f"{name} {_count(tokens)}" for name, tokens in stage.sources.items())
-        lines.append(f"stage        {stage.name}: {stage.steps:,} steps, {_count(stage.tokens)} tokens ({sources})")
+        sources = ", ".join(f"{name} {short_count(tokens)}" for name, tokens in stage.sources.items())
+        lines.append(f"stage        {stage.name}: {stage.steps:,} steps, {short_count(stage.tokens)} tokens ({sources})")
     lines.append(f"checkpoint   {_gib(shape.checkpoint_bytes)} each (fp32 weights + AdamW moments), "
                  f"{shape.checkpoints_kept} kept: {_gib(shape.checkpoint_bytes * shape.checkpoints_kept)}")
     lines += ["", f"memory per GPU, one simulated step of micro-batch {shape.micro_batch} "
@@ -113,10 +113,11 @@ def _largest(size: int | None) -> str:
     return "none" if size is None else str(size)
 
 
-def _count(value: float) -> str:
+def short_count(value: float, spec: str = ",.2f") -> str:
+    """A count with a K/M/B/T suffix, its mantissa formatted by `spec` (1.58T, 3.5M, 840)."""
     for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
         if value >= scale:
-            return f"{value / scale:,.2f}{unit}"
+            return f"{value / scale:{spec}}{unit}"
     return f"{value:,.0f}"
 
 
